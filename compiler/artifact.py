@@ -1,0 +1,232 @@
+"""The deployable artifact: a directory with manifest.json, the compiled library and the weights.
+
+    manifest.json        versions, target, input/output specs, parameter order, SHA-256 of every file
+    model.so             the Relax VM executable for the target (main(*inputs, *params))
+    weights.safetensors  the parameters, in the order manifest["params"] lists them
+    graph.json           the compiled IR's structure (for inspect and reports; no tensors)
+
+Writing is atomic: everything goes to a hidden temporary directory beside the destination, which is
+renamed into place only when complete. Loading verifies every hash before any code is loaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from safetensors.numpy import load_file as st_load_file, save_file as st_save_file
+
+from .errors import ArtifactError, DataError, OutputError
+
+FORMAT = "bitsmith-artifact"
+VERSION = 1
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+WEIGHTS = "weights.safetensors"
+GRAPH = "graph.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> "TensorSpec":
+        return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+def write_artifact(out_dir: str | Path, *, manifest: dict[str, Any], export_library: Callable[[Path], None],
+                   params: Mapping[str, np.ndarray], extra_files: Mapping[str, str | bytes] = {}) -> Path:
+    """Write an artifact atomically; return its final path.
+
+    `manifest` is completed with the parameter order and the hash of every file written.
+    """
+    out_dir = Path(out_dir).resolve()
+    tmp = _make_temp_dir(out_dir)
+    try:
+        export_library(tmp / LIBRARY)
+        st_save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp / WEIGHTS))
+        for name, content in extra_files.items():
+            _check_member_name(name)
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content.encode() if isinstance(content, str) else content)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        manifest = {**manifest, "format": FORMAT, "version": VERSION, "library": LIBRARY, "weights": WEIGHTS,
+                    "params": list(params), "files": {f: sha256_file(tmp / f) for f in files}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _move_into_place(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+        raise OutputError(f"cannot write artifact {out_dir}: {reason}; nothing was written. "
+                          "Free space or choose another output directory (-o).") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _make_temp_dir(out_dir: Path) -> Path:
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory {out_dir}: {exc.strerror or exc}; "
+                          "choose a writable location (-o).") from None
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+            raise OutputError(f"{out_dir} exists and is not a bitsmith artifact; refusing to replace it. "
+                              "Choose an empty or new directory (-o).")
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rename(out_dir, old / "artifact")
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out_dir)
+
+
+def _check_member_name(name: str) -> None:
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or not name:
+        raise ArtifactError(f"artifact member name {name!r} is absolute or escapes the artifact directory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def read_verified_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the artifact at `path`, after checking the SHA-256 of every file it lists."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not an artifact directory (it does not exist or is a file)")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{root} has no {MANIFEST}: not a bitsmith artifact, or incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{root / MANIFEST} is not valid JSON ({exc}); the artifact is corrupt") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ArtifactError(f"{root} is not a bitsmith artifact of version {VERSION} "
+                            f"(format={manifest.get('format')!r}, version={manifest.get('version')!r})")
+    files = manifest.get("files") or {}
+    for required in (manifest.get("library"), manifest.get("weights")):
+        if required not in files:
+            raise ArtifactError(f"{root / MANIFEST} does not list {required!r} among its hashed files")
+    for name, expected in sorted(files.items()):
+        _check_member_name(name)
+        member = root / name
+        if not member.is_file():
+            raise ArtifactError(f"artifact {root} is missing {name}; recompile it")
+        if sha256_file(member) != expected:
+            raise ArtifactError(f"artifact file {member} was modified (SHA-256 mismatch); refusing to load it. "
+                                "Recompile, or restore the original file.")
+    return manifest
+
+
+class Artifact:
+    """A compiled, verified model. `Artifact.load(path)` checks every hash before loading code."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.inputs = [TensorSpec.from_json(d) for d in manifest["inputs"]]
+        self.outputs = [TensorSpec.from_json(d) for d in manifest["outputs"]]
+        self._runner: Any = None
+        self._params: list[np.ndarray] = []
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Artifact":
+        root = Path(path).resolve()
+        artifact = cls(root, read_verified_manifest(root))
+        artifact._load_code()
+        return artifact
+
+    def _load_code(self) -> None:
+        from .backends.runner import TVMRunner  # the backend is imported only once hashes are verified
+
+        weights = st_load_file(str(self.path / self.manifest["weights"]))
+        self._params = [weights[name] for name in self.manifest["params"]]
+        self._runner = TVMRunner(str(self.path / self.manifest["library"]), device=self.manifest.get("device", "cpu"))
+
+    @property
+    def target(self) -> str:
+        return str(self.manifest["target"]["name"])
+
+    def _ordered_inputs(self, feeds: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        if isinstance(feeds, np.ndarray):
+            feeds = [feeds]
+        if isinstance(feeds, Mapping):
+            missing = [s.name for s in self.inputs if s.name not in feeds]
+            extra = [k for k in feeds if k not in {s.name for s in self.inputs}]
+            if missing or extra:
+                raise DataError(f"artifact {self.path.name} takes inputs {[s.name for s in self.inputs]}; "
+                                f"missing {missing}, unexpected {extra}")
+            arrays = [np.asarray(feeds[s.name]) for s in self.inputs]
+        else:
+            arrays = [np.asarray(x) for x in feeds]
+            if len(arrays) != len(self.inputs):
+                raise DataError(f"artifact {self.path.name} takes {len(self.inputs)} inputs, got {len(arrays)}")
+        for spec, array in zip(self.inputs, arrays):
+            if tuple(array.shape) != spec.shape or array.dtype.name != spec.dtype:
+                raise DataError(f"input {spec.name!r} must be {spec.dtype}{list(spec.shape)}, "
+                                f"got {array.dtype.name}{list(array.shape)}")
+        return arrays
+
+    def run(self, feeds: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model; inputs by name (dict), by position (list) or a single array."""
+        outputs = self._runner.run(self._ordered_inputs(feeds), self._params)
+        return {spec.name: out for spec, out in zip(self.outputs, outputs)}
+
+    def time(self, feeds: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray, repeat: int = 20,
+             warmup: int = 3) -> list[float]:
+        """Milliseconds of each of `repeat` runs after `warmup` runs."""
+        return list(self._runner.time(self._ordered_inputs(feeds), self._params, repeat=repeat, warmup=warmup))
+
+    def save(self, path: str | Path) -> "Artifact":
+        """Copy this artifact to `path` (atomically) and return the copy, verified."""
+        dest = Path(path).resolve()
+        if dest == self.path:
+            return self
+        tmp = _make_temp_dir(dest)
+        try:
+            shutil.copytree(self.path, tmp, dirs_exist_ok=True)
+            _move_into_place(tmp, dest)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(f"cannot save artifact to {dest}: {exc}") from None
+        return Artifact.load(dest)
+
+    def size_bytes(self) -> int:
+        return sum((self.path / f).stat().st_size for f in self.manifest["files"])
+
+    def __repr__(self) -> str:
+        return f"Artifact({str(self.path)!r}, target={self.target!r})"
