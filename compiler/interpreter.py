@@ -67,6 +67,7 @@ KERNELS.update({
     "Add": _one(torch.add), "Sub": _one(torch.sub), "Mul": _one(torch.mul), "Div": _one(_div),
     "Pow": _one(_pow), "Max": _variadic(torch.maximum), "Min": _variadic(torch.minimum),
     "Equal": _one(torch.eq), "Less": _one(torch.lt), "Greater": _one(torch.gt),
+    "LessOrEqual": _one(torch.le), "GreaterOrEqual": _one(torch.ge),
     "And": _one(torch.logical_and), "Or": _one(torch.logical_or), "Not": _one(torch.logical_not),
     "Where": _one(torch.where),
     "Relu": _one(torch.relu), "Sigmoid": _one(torch.sigmoid), "Tanh": _one(torch.tanh),

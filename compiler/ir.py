@@ -173,6 +173,21 @@ class Graph:
             metadata=dict(self.metadata),
         )
 
+    def rename_value(self, old: str, new: str) -> None:
+        """Rename a value everywhere (its type, constant, producer, consumers, graph I/O)."""
+        if new in self.values:
+            raise IRError(f"cannot rename {old!r} to {new!r}: the name is taken")
+        value = self.values.pop(old)
+        value.name = new
+        self.values[new] = value
+        if old in self.constants:
+            self.constants[new] = self.constants.pop(old)
+        for node in self.nodes:
+            node.inputs = [new if i == old else i for i in node.inputs]
+            node.outputs = [new if o == old else o for o in node.outputs]
+        self.inputs = [new if i == old else i for i in self.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]
+
     def remove_unused(self) -> None:
         """Drop nodes whose outputs nobody reads, then constants and values nobody references."""
         live = set(self.outputs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 OPS: dict[str, tuple[str, ...]] = {
     # elementwise, numpy broadcasting
     "Add": (), "Sub": (), "Mul": (), "Div": (), "Pow": (), "Max": (), "Min": (),
-    "Equal": (), "Less": (), "Greater": (), "Where": (), "And": (), "Or": (), "Not": (),
+    "Equal": (), "Less": (), "Greater": (), "LessOrEqual": (), "GreaterOrEqual": (), "Where": (), "And": (), "Or": (), "Not": (),
     "Relu": (), "Sigmoid": (), "Tanh": (), "Exp": (), "Log": (), "Sqrt": (), "Reciprocal": (),
     "Neg": (), "Abs": (), "Erf": (), "Floor": (), "Ceil": (), "Round": (), "Sin": (), "Cos": (),
     "Softplus": (),

@@ -136,10 +136,22 @@ class _Importer:
         for index, node in enumerate(self.proto.graph.node):
             self.node_name = node.name or f"{node.op_type}_{index}"
             CONVERTERS[node.op_type](self, node)
-        self.graph.outputs = [self.resolve(o.name) for o in self.proto.graph.output]
+        self._bind_outputs()
         self.graph.remove_unused()
         verify(self.graph, OPS)
         return self.graph
+
+    def _bind_outputs(self) -> None:
+        """Graph outputs keep the model's names, even when an Identity made them aliases."""
+        produced = {o for n in self.graph.nodes for o in n.outputs}
+        for output in self.proto.graph.output:
+            name, source = output.name, self.resolve(output.name)
+            if source != name and source in produced and source not in self.graph.outputs:
+                self.graph.rename_value(source, name)
+            elif source != name:
+                self.node_name = f"output_{name}"
+                self.emit("Reshape", [source], {"shape": list(self.graph.values[source].shape)}, [name])
+            self.graph.outputs.append(name)
 
     def _add_initializers(self) -> None:
         for tensor in self.proto.graph.initializer:
@@ -293,7 +305,7 @@ def _axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-_SIMPLE = ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "Where", "And", "Or", "Not",
+_SIMPLE = ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Where", "And", "Or", "Not",
            "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Erf", "Floor",
            "Ceil", "Round", "Sin", "Cos", "Softplus", "MatMul", "PRelu", "HardSwish",
            "GlobalAveragePool", "GlobalMaxPool", "Max", "Min")
