@@ -162,3 +162,12 @@ def ort_run(m: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+def CASES_CONV_TRANSPOSE_BN():
+    """Grouped ConvTranspose followed by BatchNorm (the BN folds into the transposed weights)."""
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], strides=[2, 2], group=2),
+             helper.make_node("BatchNormalization", ["t", "s", "bb", "m", "v"], ["y"], epsilon=1e-3)]
+    inits = [init("w", randn(4, 3, 3, 3)), init("s", randn(6)), init("bb", randn(6)), init("m", randn(6)),
+             init("v", np.abs(randn(6)) + 0.5)]
+    return model(nodes, [tensor_input("x", [1, 4, 5, 5])], [out()], inits), {"x": randn(1, 4, 5, 5)}
