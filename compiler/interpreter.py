@@ -408,11 +408,17 @@ def run_node(node: Node, inputs: list[Tensor | None]) -> list[Tensor]:
     return fn([x for x in inputs if x is not None], node.attrs)
 
 
-def execute(graph: Graph, env: dict[str, Tensor], keep: set[str] | None = None) -> dict[str, Tensor]:
+def execute(graph: Graph, env: dict[str, Tensor], keep: set[str] | None = None,
+            on_value: Callable[[str, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Run the graph on torch tensors (autograd-friendly). `env` holds the graph inputs; constants
     are added from the graph unless already present (so callers may substitute, e.g., fake-quantized
-    weights). Intermediate values are freed once no longer needed unless listed in `keep`."""
+    weights). `on_value(name, tensor)`, if given, transforms every graph input and node output as it
+    is produced (fake quantization hooks in here). Intermediate values are freed once no longer
+    needed unless listed in `keep`."""
     env = dict(env)
+    if on_value is not None:
+        for name in graph.inputs:
+            env[name] = on_value(name, env[name])
     for name, array in graph.constants.items():
         if name not in env:
             env[name] = torch.from_numpy(np.array(array))
@@ -421,7 +427,7 @@ def execute(graph: Graph, env: dict[str, Tensor], keep: set[str] | None = None) 
     for node in graph.nodes:
         outs = run_node(node, [env[i] if i else None for i in node.inputs])
         for name, value in zip(node.outputs, outs):
-            env[name] = value
+            env[name] = value if on_value is None else on_value(name, value)
         for name in node.inputs:
             if name and name in remaining:
                 remaining[name] -= 1

@@ -1,0 +1,68 @@
+"""The quantization driver: a recipe and calibration data turn a float graph into an annotated one.
+
+    graph = quantize(graph, preset("w8a8"), calibration)      # QuantSpecs on weights and activations
+
+Order: fold BatchNorm -> algorithms that rescale weights and activations (SmoothQuant, AWQ) ->
+weight specs -> algorithms that rewrite weights on a fixed grid (GPTQ) -> activation calibration ->
+bias correction. Each step is a pass in bitsmith.passes; the recipe says which run.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .errors import UsageError
+from .ir import Graph
+from .passes.base import Pass
+from .passes.bias_correction import BiasCorrection
+from .passes.calibrate import Calibrate, check_calibration_feeds
+from .passes.fold_batchnorm import FoldBatchNorm
+from .passes.quant_points import check_ties
+from .passes.quantize_weights import QuantizeWeights
+from .recipes import QuantRecipe
+
+Feeds = list[Mapping[str, np.ndarray]]
+# name -> (stage, factory(recipe, calibration feeds) -> Pass)
+ALGORITHMS: dict[str, tuple[str, Callable[[QuantRecipe, Feeds], Pass]]] = {
+    "bias_correction": ("after_calibration", lambda recipe, feeds: BiasCorrection(feeds)),
+}
+STAGES = ("before_weights", "after_weights", "after_calibration")
+
+
+def register_algorithm(name: str, stage: str, factory: Callable[[QuantRecipe, Feeds], Pass]) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}")
+    ALGORITHMS[name] = (stage, factory)
+
+
+def _algorithms(recipe: QuantRecipe, stage: str, feeds: Feeds) -> list[Pass]:
+    unknown = [a for a in recipe.algorithms if a not in ALGORITHMS]
+    if unknown:
+        raise UsageError(f"recipe {recipe.name!r} names unknown algorithms {unknown}; known: {sorted(ALGORITHMS)}")
+    return [ALGORITHMS[a][1](recipe, feeds) for a in recipe.algorithms if ALGORITHMS[a][0] == stage]
+
+
+def quantize(graph: Graph, recipe: QuantRecipe, calibration: Iterable[Mapping[str, np.ndarray]],
+             quiet: bool = True) -> Graph:
+    """A quantized copy of `graph` (QuantSpec annotations; constants possibly rewritten)."""
+    feeds: Feeds = list(calibration)
+    graph = FoldBatchNorm()(graph.copy())
+    if recipe.activations is not None or recipe.algorithms:
+        check_calibration_feeds(graph, feeds)
+    for p in _algorithms(recipe, "before_weights", feeds):
+        graph = p(graph)
+    if recipe.weights is not None:
+        graph = QuantizeWeights(recipe.weights, recipe.weight_granularity, recipe.weight_block_size,
+                                recipe.weight_clipping)(graph)
+    for p in _algorithms(recipe, "after_weights", feeds):
+        graph = p(graph)
+    if recipe.activations is not None:
+        graph = Calibrate(feeds, recipe.activations, recipe.activation_symmetric, recipe.activation_observer,
+                          quiet=quiet)(graph)
+    for p in _algorithms(recipe, "after_calibration", feeds):
+        graph = p(graph)
+    check_ties(graph)
+    graph.metadata["recipe"] = recipe.name
+    return graph

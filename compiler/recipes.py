@@ -1,0 +1,54 @@
+"""Quantization recipes: which format each kind of tensor gets and which PTQ algorithms run.
+
+A recipe is data. The presets name the configurations bitsmith reports on (w8a8, w8_weight_only,
+w4a8, fp8_e4m3, mxfp4_weights); a user may build any other combination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """What to quantize and how.
+
+    weights / activations: a format name from bitsmith.formats (None: leave that kind in float).
+    weight_granularity: "channel" (per output channel) or "block" (blocks along the reduction axis).
+    activation_observer: how activation ranges are calibrated (minmax, percentile, mse, entropy).
+    weight_clipping: "mse" searches each channel's clipping range; "max" uses the channel's max.
+    algorithms: PTQ passes to run, in order (e.g. "smoothquant", "gptq", "awq", "bias_correction").
+    """
+
+    name: str
+    weights: str | None = "int8"
+    weight_granularity: str = "channel"
+    weight_block_size: int | None = None
+    weight_clipping: str = "mse"
+    activations: str | None = "uint8"
+    activation_symmetric: bool = False
+    activation_observer: str = "mse"
+    algorithms: tuple[str, ...] = ()
+    options: dict[str, float] = field(default_factory=dict)
+
+    def with_(self, **changes: object) -> "QuantRecipe":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, QuantRecipe] = {
+    "w8a8": QuantRecipe("w8a8", algorithms=("bias_correction",)),
+    "w8_weight_only": QuantRecipe("w8_weight_only", activations=None),
+    "w4a8": QuantRecipe("w4a8", weights="int4", algorithms=("gptq", "bias_correction")),
+    "fp8_e4m3": QuantRecipe("fp8_e4m3", weights="fp8_e4m3", activations="fp8_e4m3", activation_symmetric=True,
+                            activation_observer="minmax", weight_clipping="max"),
+    "mxfp4_weights": QuantRecipe("mxfp4_weights", weights="mxfp4", weight_granularity="block",
+                                 weight_block_size=32, weight_clipping="max", activations=None),
+}
+
+
+def preset(name: str) -> QuantRecipe:
+    if name not in PRESETS:
+        raise UsageError(f"unknown quantization recipe {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]

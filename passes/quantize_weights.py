@@ -1,0 +1,66 @@
+"""Give every weight (quant_points.weight_points) a QuantSpec: per output channel, or per block.
+
+Clipping "mse" searches, per channel, the clipping ratio alpha in [0.5, 1] that minimizes
+||W_c - Q(W_c)||^2 (the weight half of PTQ's standard MSE calibration); "max" uses each channel's
+absolute maximum. Block formats (MX, NVFP4) take their scales from each block, as the OCP spec does.
+Weights keep their float values: algorithms such as GPTQ/AWQ rewrite them before this pass or
+through it; the spec says how they are quantized.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..formats import choose_spec, fake_quant, format_info
+from ..ir import Graph, QuantSpec
+from .base import Pass
+from .quant_points import WeightPoint, weight_points
+
+ALPHAS = np.linspace(0.5, 1.0, 26)
+
+
+class QuantizeWeights(Pass):
+    name = "quantize_weights"
+    ensures = ("weights_quantized",)
+
+    def __init__(self, fmt: str = "int8", granularity: str = "channel", block_size: int | None = None,
+                 clipping: str = "mse", symmetric: bool = True) -> None:
+        self.fmt = fmt
+        self.granularity = granularity
+        self.block_size = block_size
+        self.clipping = clipping
+        self.symmetric = symmetric
+
+    def run(self, graph: Graph) -> Graph:
+        for point in weight_points(graph).values():
+            graph.values[point.name].quant = self.spec_for(graph.constants[point.name], point)
+        return graph
+
+    def spec_for(self, weight: np.ndarray, point: WeightPoint) -> QuantSpec:
+        if self.granularity == "block" or format_info(self.fmt).is_block_format:
+            return choose_spec(weight, self.fmt, "block", axis=point.reduce_axis,
+                               block_size=self.block_size or format_info(self.fmt).block_size, symmetric=True)
+        axis = point.channel_axis
+        if self.clipping == "max":
+            return choose_spec(weight, self.fmt, "channel", axis=axis, symmetric=self.symmetric)
+        return mse_channel_spec(weight, self.fmt, axis, self.symmetric)
+
+
+def mse_channel_spec(weight: np.ndarray, fmt: str, axis: int, symmetric: bool = True) -> QuantSpec:
+    """Per-channel spec whose clipping ratio minimizes each channel's squared quantization error."""
+    moved = np.moveaxis(weight.astype(np.float32), axis, 0).reshape(weight.shape[axis], -1)
+    lo_full, hi_full = moved.min(axis=1), moved.max(axis=1)
+    best_alpha = np.ones(len(moved), np.float32)
+    best_err = np.full(len(moved), np.inf)
+    for alpha in ALPHAS:
+        spec = choose_spec(None, fmt, "channel", axis=0, symmetric=symmetric,
+                           amin=lo_full * alpha, amax=hi_full * alpha)
+        err = _per_channel_error(moved, spec)
+        better = err < best_err
+        best_err[better], best_alpha[better] = err[better], alpha
+    return choose_spec(None, fmt, "channel", axis=axis, symmetric=symmetric,
+                       amin=lo_full * best_alpha, amax=hi_full * best_alpha)
+
+
+def _per_channel_error(rows: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    return ((fake_quant(rows, spec) - rows) ** 2).sum(axis=1)
