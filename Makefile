@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bitsmith-installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup results clean
+.PHONY: demo test ctest setup results clean
 
 setup: $(STAMP)
 
@@ -29,10 +29,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) ctest
+
+# The C++ runtime: configure, build and run its tests (they compile real artifacts with the venv).
+ctest: $(STAMP)
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBITSMITH_PYTHON=$(abspath $(PY)) > /dev/null
+	cmake --build build -j2
+	ctest --test-dir build --output-on-failure
 
 # Re-measure the evidence under docs/results/ (slow; not part of `make test`).
-results: $(STAMP)
+results: $(STAMP) ctest
 	$(PY) scripts/zoo_import.py
+	$(PY) scripts/quant_accuracy.py
+	$(PY) scripts/runtime_parity.py
 
 clean:
 	rm -rf $(VENV) build $(DEMO_OUT) .cache .pytest_cache

@@ -1,0 +1,596 @@
+"""bitsmith IR -> TVM Relax: one small emitter per IR op, gathered in the table `EMITTERS`.
+
+`emit_relax(graph)` builds an IRModule whose Relax function "main" takes the graph inputs followed by
+the weights (params-as-inputs). Every float constant with more than `PARAM_MIN_ELEMENTS` elements
+becomes a parameter, in `EmittedModule.param_names` order; smaller float constants and all integer /
+bool constants are embedded with `relax.const`. The function returns the graph's output, or a tuple
+of them when the graph has several. Its "num_input" attribute counts the graph inputs, so that TVM
+passes (LiftTransformParams) can tell activations from weights.
+
+The emitters follow the normalized ONNX semantics of `bitsmith.ops` (every attribute explicit).
+After each node, the Relax type of each result is checked against the IR's declared type, so an
+emitter that disagrees with the IR fails at emit time with the node's name, not at run time.
+Quantization annotations (`Value.quant`) are ignored here: this is the FP32 path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from bitsmith.errors import BuildError, UnsupportedError
+from bitsmith.ir import Graph, Node
+
+# Float constants with more elements than this become function parameters.
+PARAM_MIN_ELEMENTS = 16
+
+
+@dataclass
+class EmittedModule:
+    """A Relax module for one graph, with the calling convention of its "main" function.
+
+    main(*input_names, *param_names) -> output (one output) or tuple of outputs (in output_names order).
+    """
+
+    mod: tvm.IRModule
+    graph_name: str
+    input_names: list[str]
+    param_names: list[str]
+    output_names: list[str]
+
+    def param_arrays(self, graph: Graph) -> list[np.ndarray]:
+        """The parameter tensors to pass to main, taken from `graph` in `param_names` order."""
+        return [graph.constants[name] for name in self.param_names]
+
+
+def is_parameter(array: np.ndarray) -> bool:
+    """True when a constant is passed to main as a parameter rather than embedded."""
+    return array.dtype.kind == "f" and array.size > PARAM_MIN_ELEMENTS
+
+
+def emit_relax(graph: Graph) -> EmittedModule:
+    """Translate `graph` to a Relax IRModule with a single function "main" (params-as-inputs)."""
+    param_names = [name for name, array in graph.constants.items() if is_parameter(array)]
+    builder = relax.BlockBuilder()
+    emitter = _Emitter(graph, builder)
+    signature = [emitter.declare_var(name) for name in [*graph.inputs, *param_names]]
+    with builder.function("main", signature, attrs={"num_input": len(graph.inputs)}):
+        with builder.dataflow():
+            for node in graph.nodes:
+                emitter.emit_node(node)
+            results = [emitter.operand_by_name(name) for name in graph.outputs]
+            result = results[0] if len(results) == 1 else relax.Tuple(results)
+            output = builder.emit_output(result)
+        builder.emit_func_output(output)
+    return EmittedModule(builder.get(), graph.name, list(graph.inputs), param_names, list(graph.outputs))
+
+
+def supported_ops() -> list[str]:
+    """IR ops this module can emit."""
+    return sorted(EMITTERS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The emitting context shared by all op emitters
+# ---------------------------------------------------------------------------------------------
+class _Emitter:
+    """Maps IR value names to Relax expressions while the nodes are emitted in order."""
+
+    def __init__(self, graph: Graph, builder: relax.BlockBuilder) -> None:
+        self.graph = graph
+        self.builder = builder
+        self.exprs: dict[str, relax.Expr] = {}
+
+    def declare_var(self, name: str) -> relax.Var:
+        value = self.graph.values[name]
+        var = relax.Var(_identifier(name), relax.TensorType(list(value.shape), value.dtype))
+        self.exprs[name] = var
+        return var
+
+    def operand_by_name(self, name: str) -> relax.Expr:
+        if name not in self.exprs:
+            if name not in self.graph.constants:
+                raise BuildError(f"value {name!r} is used before it is defined")
+            self.exprs[name] = relax.const(self.graph.constants[name])
+        return self.exprs[name]
+
+    def operand(self, node: Node, index: int) -> relax.Expr:
+        return self.operand_by_name(node.inputs[index])
+
+    def has_operand(self, node: Node, index: int) -> bool:
+        return index < len(node.inputs) and node.inputs[index] != ""
+
+    def constant_value(self, node: Node, index: int) -> np.ndarray | None:
+        """The numpy value of an operand when it is an IR constant, else None."""
+        return self.graph.constants.get(node.inputs[index])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.graph.values[name].shape
+
+    def dtype(self, name: str) -> str:
+        return self.graph.values[name].dtype
+
+    def emit(self, expr: relax.Expr, hint: str = "") -> relax.Var:
+        return self.builder.emit(expr, name_hint=_identifier(hint) if hint else "")
+
+    def emit_node(self, node: Node) -> None:
+        emitter = EMITTERS.get(node.op)
+        if emitter is None:
+            raise UnsupportedError(f"node {node.name!r}: op {node.op!r} has no Relax emitter in the x86 FP32 "
+                                   f"backend (supported: {', '.join(sorted(EMITTERS))})")
+        try:
+            result = emitter(self, node)
+        except (UnsupportedError, BuildError):
+            raise
+        except Exception as exc:  # a TVM type-inference error: name the node that caused it
+            raise BuildError(f"node {node.name!r} ({node.op}): Relax emission failed: {exc}") from exc
+        results = result if isinstance(result, list) else [result]
+        if len(results) != len(node.outputs):
+            raise BuildError(f"node {node.name!r} ({node.op}): emitted {len(results)} results "
+                             f"for {len(node.outputs)} outputs")
+        for name, expr in zip(node.outputs, results):
+            var = self.emit(expr, name)
+            self._check_type(node, name, var)
+            self.exprs[name] = var
+
+    def _check_type(self, node: Node, name: str, var: relax.Var) -> None:
+        declared = self.graph.values[name]
+        ty = var.ty
+        shape = tuple(int(d) for d in ty.shape.values) if ty.shape is not None else None
+        if shape != declared.shape or str(ty.dtype) != declared.dtype:
+            raise BuildError(f"node {node.name!r} ({node.op}): output {name!r} is {ty.dtype}{list(shape or [])} "
+                             f"in Relax but {declared.type_str()} in the IR")
+
+
+def _identifier(name: str) -> str:
+    """A Relax-friendly variable name derived from an IR value name."""
+    text = re.sub(r"\W", "_", name)
+    return text if text and not text[0].isdigit() else "v_" + text
+
+
+def _scalar(value: float, dtype: str) -> relax.Constant:
+    return relax.const(np.array(value, dtype=dtype), dtype)
+
+
+def _channel_vector(vector: relax.Expr, rank: int) -> relax.Expr:
+    """Reshape a per-channel vector [C] so it broadcasts along axis 1 of a rank-`rank` tensor."""
+    return R.reshape(vector, [1, -1] + [1] * (rank - 2))
+
+
+Emitter = Callable[[_Emitter, Node], "relax.Expr | list[relax.Expr]"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise
+# ---------------------------------------------------------------------------------------------
+def _unary(fn: Callable[[relax.Expr], relax.Expr]) -> Emitter:
+    return lambda e, node: fn(e.operand(node, 0))
+
+
+def _binary(fn: Callable[[relax.Expr, relax.Expr], relax.Expr]) -> Emitter:
+    return lambda e, node: fn(e.operand(node, 0), e.operand(node, 1))
+
+
+def _variadic(fn: Callable[[relax.Expr, relax.Expr], relax.Expr]) -> Emitter:
+    """Max / Min take any number of inputs in ONNX: fold them pairwise."""
+    def emit(e: _Emitter, node: Node) -> relax.Expr:
+        result = e.operand(node, 0)
+        for index in range(1, len(node.inputs)):
+            result = fn(result, e.operand(node, index))
+        return result
+    return emit
+
+
+def emit_pow(e: _Emitter, node: Node) -> relax.Expr:
+    base, exponent = e.operand(node, 0), e.operand(node, 1)
+    base_dtype = e.dtype(node.inputs[0])
+    if e.dtype(node.inputs[1]) != base_dtype:
+        exponent = R.astype(exponent, base_dtype)
+    return R.power(base, exponent)
+
+
+def emit_div(e: _Emitter, node: Node) -> relax.Expr:
+    a, b = e.operand(node, 0), e.operand(node, 1)
+    if np.dtype(e.dtype(node.inputs[0])).kind in "iu":
+        return _truncating_divide(e, a, b, node.inputs[0])
+    return R.divide(a, b)
+
+
+def _truncating_divide(e: _Emitter, a: relax.Expr, b: relax.Expr, name: str) -> relax.Expr:
+    """ONNX integer Div truncates toward zero (C semantics); Relax's floor_divide rounds down."""
+    floor = R.floor_divide(a, b)
+    zero = _scalar(0, e.dtype(name))
+    inexact = R.not_equal(R.multiply(floor, b), a)
+    signs_differ = R.logical_xor(R.less(a, zero), R.less(b, zero))
+    return R.where(R.logical_and(inexact, signs_differ), R.add(floor, _scalar(1, e.dtype(name))), floor)
+
+
+def emit_reciprocal(e: _Emitter, node: Node) -> relax.Expr:
+    return R.divide(_scalar(1.0, e.dtype(node.inputs[0])), e.operand(node, 0))
+
+
+def emit_clip(e: _Emitter, node: Node) -> relax.Expr:
+    x, dtype = e.operand(node, 0), e.dtype(node.inputs[0])
+    low, high = float(node.attrs["min"]), float(node.attrs["max"])
+    if math.isfinite(low):
+        x = R.maximum(x, _scalar(low, dtype))
+    if math.isfinite(high):
+        x = R.minimum(x, _scalar(high, dtype))
+    return x
+
+
+def emit_leaky_relu(e: _Emitter, node: Node) -> relax.Expr:
+    return R.nn.leakyrelu(e.operand(node, 0), float(node.attrs["alpha"]))
+
+
+def emit_elu(e: _Emitter, node: Node) -> relax.Expr:
+    x, dtype = e.operand(node, 0), e.dtype(node.inputs[0])
+    negative = R.multiply(_scalar(node.attrs["alpha"], dtype), R.subtract(R.exp(x), _scalar(1.0, dtype)))
+    return R.where(R.less(x, _scalar(0.0, dtype)), negative, x)
+
+
+def _hard_sigmoid(x: relax.Expr, alpha: float, beta: float, dtype: str) -> relax.Expr:
+    linear = R.add(R.multiply(x, _scalar(alpha, dtype)), _scalar(beta, dtype))
+    return R.minimum(R.maximum(linear, _scalar(0.0, dtype)), _scalar(1.0, dtype))
+
+
+def emit_hard_sigmoid(e: _Emitter, node: Node) -> relax.Expr:
+    return _hard_sigmoid(e.operand(node, 0), float(node.attrs["alpha"]), float(node.attrs["beta"]),
+                         e.dtype(node.inputs[0]))
+
+
+def emit_hard_swish(e: _Emitter, node: Node) -> relax.Expr:
+    x = e.operand(node, 0)
+    return R.multiply(x, _hard_sigmoid(x, 1.0 / 6.0, 0.5, e.dtype(node.inputs[0])))
+
+
+def emit_gelu(e: _Emitter, node: Node) -> relax.Expr:
+    approximate = node.attrs["approximate"]
+    if approximate == "tanh":
+        return R.nn.gelu_tanh(e.operand(node, 0))
+    if approximate == "none":
+        return R.nn.gelu(e.operand(node, 0))
+    raise UnsupportedError(f"node {node.name!r} (Gelu): approximate={approximate!r} is not 'none' or 'tanh'")
+
+
+def emit_prelu(e: _Emitter, node: Node) -> relax.Expr:
+    """ONNX PRelu: slope * x where x < 0, with the slope broadcast numpy-style (not only per channel)."""
+    x, slope = e.operand(node, 0), e.operand(node, 1)
+    return R.where(R.less(x, _scalar(0.0, e.dtype(node.inputs[0]))), R.multiply(x, slope), x)
+
+
+def emit_softplus(e: _Emitter, node: Node) -> relax.Expr:
+    return R.nn.softplus(e.operand(node, 0))
+
+
+def emit_cast(e: _Emitter, node: Node) -> relax.Expr:
+    target, source = node.attrs["to"], e.dtype(node.inputs[0])
+    if target == source:
+        return e.operand(node, 0)
+    if target == "bool":  # nonzero -> True (a float -> bool conversion must not truncate 0.5 to False)
+        return R.not_equal(e.operand(node, 0), _scalar(0, source))
+    return R.astype(e.operand(node, 0), target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear algebra and convolution
+# ---------------------------------------------------------------------------------------------
+def emit_matmul(e: _Emitter, node: Node) -> relax.Expr:
+    return R.matmul(e.operand(node, 0), e.operand(node, 1))
+
+
+def _spatial_rank(node: Node, e: _Emitter) -> int:
+    rank = len(e.shape(node.inputs[0])) - 2
+    if rank not in (1, 2):
+        raise UnsupportedError(f"node {node.name!r} ({node.op}): {rank}-D spatial input; "
+                               "only 1-D and 2-D are supported")
+    return rank
+
+
+def _with_bias(e: _Emitter, node: Node, result: relax.Expr, rank: int) -> relax.Expr:
+    if not e.has_operand(node, 2):
+        return result
+    return R.add(result, _channel_vector(e.operand(node, 2), rank + 2))
+
+
+def emit_conv(e: _Emitter, node: Node) -> relax.Expr:
+    rank = _spatial_rank(node, e)
+    conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
+    a = node.attrs
+    result = conv(e.operand(node, 0), e.operand(node, 1), strides=list(a["strides"]), padding=list(a["pads"]),
+                  dilation=list(a["dilations"]), groups=int(a["group"]))
+    return _with_bias(e, node, result, rank)
+
+
+def emit_conv_transpose(e: _Emitter, node: Node) -> relax.Expr:
+    rank = _spatial_rank(node, e)
+    conv = R.nn.conv1d_transpose if rank == 1 else R.nn.conv2d_transpose
+    a = node.attrs
+    result = conv(e.operand(node, 0), e.operand(node, 1), strides=list(a["strides"]), padding=list(a["pads"]),
+                  output_padding=list(a["output_padding"]), dilation=list(a["dilations"]),
+                  groups=int(a["group"]))
+    return _with_bias(e, node, result, rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalization and reductions
+# ---------------------------------------------------------------------------------------------
+def emit_batch_norm(e: _Emitter, node: Node) -> relax.Expr:
+    """Inference batch norm as one multiply-add per channel: x * k + (bias - mean * k)."""
+    x, scale, bias, mean, var = (e.operand(node, i) for i in range(5))
+    rank, dtype = len(e.shape(node.inputs[0])), e.dtype(node.inputs[0])
+    k = e.emit(R.multiply(scale, R.rsqrt(R.add(var, _scalar(node.attrs["epsilon"], dtype)))))
+    shift = e.emit(R.subtract(bias, R.multiply(mean, k)))
+    return R.add(R.multiply(x, _channel_vector(k, rank)), _channel_vector(shift, rank))
+
+
+def emit_layer_norm(e: _Emitter, node: Node) -> relax.Expr:
+    """Two-pass layer norm (mean, then the mean of squared deviations): as accurate as ONNX Runtime."""
+    x, dtype = e.operand(node, 0), e.dtype(node.inputs[0])
+    rank = len(e.shape(node.inputs[0]))
+    axes = list(range(int(node.attrs["axis"]), rank))
+    centered = e.emit(R.subtract(x, R.mean(x, axis=axes, keepdims=True)))
+    variance = R.mean(R.multiply(centered, centered), axis=axes, keepdims=True)
+    normalized = R.multiply(centered, R.rsqrt(R.add(variance, _scalar(node.attrs["epsilon"], dtype))))
+    result = R.multiply(normalized, e.operand(node, 1))
+    if e.has_operand(node, 2):
+        result = R.add(result, e.operand(node, 2))
+    return result
+
+
+def emit_softmax(e: _Emitter, node: Node) -> relax.Expr:
+    return R.nn.softmax(e.operand(node, 0), axis=int(node.attrs["axis"]))
+
+
+def emit_log_softmax(e: _Emitter, node: Node) -> relax.Expr:
+    return R.nn.log_softmax(e.operand(node, 0), axis=int(node.attrs["axis"]))
+
+
+def _reduction(fn: Callable[..., relax.Expr]) -> Emitter:
+    def emit(e: _Emitter, node: Node) -> relax.Expr:
+        axes = [int(a) for a in node.attrs["axes"]]
+        if not axes:  # normalized IR lists the axes; an empty list reduces nothing
+            return R.reshape(e.operand(node, 0), list(e.shape(node.outputs[0])))
+        return fn(e.operand(node, 0), axis=axes, keepdims=bool(node.attrs["keepdims"]))
+    return emit
+
+
+def emit_argmax(e: _Emitter, node: Node) -> relax.Expr:
+    return R.argmax(e.operand(node, 0), axis=int(node.attrs["axis"]), keepdims=bool(node.attrs["keepdims"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling and resizing
+# ---------------------------------------------------------------------------------------------
+def emit_max_pool(e: _Emitter, node: Node) -> relax.Expr:
+    rank = _spatial_rank(node, e)
+    pool = R.nn.max_pool1d if rank == 1 else R.nn.max_pool2d
+    a = node.attrs
+    return pool(e.operand(node, 0), pool_size=list(a["kernel_shape"]), strides=list(a["strides"]),
+                padding=list(a["pads"]), dilation=list(a["dilations"]), ceil_mode=bool(a["ceil_mode"]))
+
+
+def emit_average_pool(e: _Emitter, node: Node) -> relax.Expr:
+    rank = _spatial_rank(node, e)
+    pool = R.nn.avg_pool1d if rank == 1 else R.nn.avg_pool2d
+    a = node.attrs
+    return pool(e.operand(node, 0), pool_size=list(a["kernel_shape"]), strides=list(a["strides"]),
+                padding=list(a["pads"]), ceil_mode=bool(a["ceil_mode"]),
+                count_include_pad=bool(a["count_include_pad"]))
+
+
+def _spatial_axes(e: _Emitter, node: Node) -> list[int]:
+    return list(range(2, len(e.shape(node.inputs[0]))))
+
+
+def emit_global_average_pool(e: _Emitter, node: Node) -> relax.Expr:
+    return R.mean(e.operand(node, 0), axis=_spatial_axes(e, node), keepdims=True)
+
+
+def emit_global_max_pool(e: _Emitter, node: Node) -> relax.Expr:
+    return R.max(e.operand(node, 0), axis=_spatial_axes(e, node), keepdims=True)
+
+
+_COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
+_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def source_coordinates(out_len: int, in_len: int, scale: float, mode: str) -> np.ndarray:
+    """ONNX Resize's coordinate transform: where each output position samples the input (float64)."""
+    x = np.arange(out_len, dtype=np.float64)
+    if mode in ("half_pixel", "pytorch_half_pixel"):
+        if mode == "pytorch_half_pixel" and out_len <= 1:
+            return np.zeros_like(x)
+        return (x + 0.5) / scale - 0.5
+    if mode == "align_corners":
+        return x * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros_like(x)
+    if mode == "asymmetric":
+        return x / scale
+    return (x + 0.5) / scale  # tf_half_pixel_for_nn
+
+
+def nearest_indices(coords: np.ndarray, nearest_mode: str, in_len: int) -> np.ndarray:
+    rounded = {"round_prefer_floor": lambda c: np.ceil(c - 0.5), "round_prefer_ceil": lambda c: np.floor(c + 0.5),
+               "floor": np.floor, "ceil": np.ceil}[nearest_mode](coords)
+    return np.clip(rounded, 0, in_len - 1).astype(np.int64)
+
+
+def _resize_axis(e: _Emitter, x: relax.Expr, axis: int, rank: int, in_len: int, out_len: int,
+                 scale: float, node: Node) -> relax.Expr:
+    """Resize one axis with index (and weight) tables computed here, since every shape is static."""
+    a = node.attrs
+    coords = source_coordinates(out_len, in_len, scale, a["coordinate_transformation_mode"])
+    if a["mode"] == "nearest":
+        return R.take(x, relax.const(nearest_indices(coords, a["nearest_mode"], in_len)), axis=axis)
+    coords = np.clip(coords, 0, in_len - 1)
+    low = np.floor(coords).astype(np.int64)
+    high = np.minimum(low + 1, in_len - 1)
+    weight_shape = [1] * rank
+    weight_shape[axis] = out_len
+    weight = relax.const((coords - low).astype(e.dtype(node.inputs[0])).reshape(weight_shape))
+    below = e.emit(R.take(x, relax.const(low), axis=axis))
+    above = R.take(x, relax.const(high), axis=axis)
+    return R.add(below, R.multiply(R.subtract(above, below), weight))
+
+
+def emit_resize(e: _Emitter, node: Node) -> relax.Expr:
+    """ONNX Resize (nearest or linear), separable: one gather (and blend) per resized axis."""
+    a = node.attrs
+    where = f"node {node.name!r} (Resize)"
+    if a["mode"] not in ("nearest", "linear"):
+        raise UnsupportedError(f"{where}: mode {a['mode']!r} is not supported (nearest, linear are)")
+    if a["coordinate_transformation_mode"] not in _COORDINATE_MODES:
+        raise UnsupportedError(f"{where}: coordinate_transformation_mode {a['coordinate_transformation_mode']!r} "
+                               f"is not one of {list(_COORDINATE_MODES)}")
+    if a["mode"] == "nearest" and a["nearest_mode"] not in _NEAREST_MODES:
+        raise UnsupportedError(f"{where}: nearest_mode {a['nearest_mode']!r} is not one of {list(_NEAREST_MODES)}")
+    x, in_shape = e.operand(node, 0), e.shape(node.inputs[0])
+    for axis, (out_len, scale) in enumerate(zip(a["sizes"], a["scales"])):
+        if out_len != in_shape[axis] or scale != 1.0:
+            x = e.emit(_resize_axis(e, x, axis, len(in_shape), in_shape[axis], int(out_len), float(scale), node))
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Data movement
+# ---------------------------------------------------------------------------------------------
+def _to_output_shape(e: _Emitter, node: Node) -> relax.Expr:
+    """Reshape / Squeeze / Unsqueeze: the IR already knows the output shape."""
+    return R.reshape(e.operand(node, 0), list(e.shape(node.outputs[0])))
+
+
+def emit_transpose(e: _Emitter, node: Node) -> relax.Expr:
+    return R.permute_dims(e.operand(node, 0), [int(p) for p in node.attrs["perm"]])
+
+
+def emit_concat(e: _Emitter, node: Node) -> relax.Expr:
+    parts = [e.operand(node, i) for i in range(len(node.inputs)) if e.has_operand(node, i)]
+    return R.concat(parts, axis=int(node.attrs["axis"]))
+
+
+def emit_split(e: _Emitter, node: Node) -> list[relax.Expr]:
+    sizes = [int(s) for s in node.attrs["split"]]
+    boundaries = np.cumsum(sizes)[:-1].tolist()
+    x = e.operand(node, 0)
+    if not boundaries:
+        return [x]
+    parts = e.emit(R.split(x, boundaries, axis=int(node.attrs["axis"])))
+    return [relax.TupleGetItem(parts, i) for i in range(len(sizes))]
+
+
+def emit_slice(e: _Emitter, node: Node) -> relax.Expr:
+    """Strided slice; a negative step is a flip followed by a positive-step slice."""
+    x, shape = e.operand(node, 0), e.shape(node.inputs[0])
+    a = node.attrs
+    axes, begins, ends, steps = [], [], [], []
+    for axis, start, end, step in zip(a["axes"], a["starts"], a["ends"], a["steps"]):
+        axis, start, end, step = int(axis), int(start), int(end), int(step)
+        if step < 0:
+            x = R.flip(x, axis)
+            start, end, step = shape[axis] - 1 - start, shape[axis] - 1 - end, -step
+        axes.append(axis)
+        begins.append(max(0, min(start, shape[axis])))
+        ends.append(max(0, min(end, shape[axis])))
+        steps.append(step)
+    return R.strided_slice(x, axes, begins, ends, steps, assume_inbound=True)
+
+
+def emit_expand(e: _Emitter, node: Node) -> relax.Expr:
+    return R.broadcast_to(e.operand(node, 0), list(e.shape(node.outputs[0])))
+
+
+def emit_gather(e: _Emitter, node: Node) -> relax.Expr:
+    """Gather with ONNX's negative indices (counted from the end of the axis)."""
+    axis = int(node.attrs["axis"])
+    extent = e.shape(node.inputs[0])[axis]
+    indices = e.constant_value(node, 1)
+    if indices is not None:
+        index_expr = relax.const(np.where(indices < 0, indices + extent, indices).astype(indices.dtype))
+    else:
+        index_expr = e.operand(node, 1)
+        dtype = e.dtype(node.inputs[1])
+        index_expr = R.where(R.less(index_expr, _scalar(0, dtype)),
+                             R.add(index_expr, _scalar(extent, dtype)), index_expr)
+    gathered = e.emit(R.take(e.operand(node, 0), index_expr, axis=axis))
+    return R.reshape(gathered, list(e.shape(node.outputs[0])))  # a 0-d index drops the axis
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
+def emit_pad(e: _Emitter, node: Node) -> relax.Expr:
+    """Pad; negative pads (crops) become a slice after padding by the positive parts."""
+    mode = node.attrs["mode"]
+    if mode not in _PAD_MODES:
+        raise UnsupportedError(f"node {node.name!r} (Pad): mode {mode!r} is not one of {sorted(_PAD_MODES)}")
+    x, shape = e.operand(node, 0), e.shape(node.inputs[0])
+    rank = len(shape)
+    pads = [int(p) for p in node.attrs["pads"]]
+    begins, ends = pads[:rank], pads[rank:]
+    widths = [w for axis in range(rank) for w in (max(begins[axis], 0), max(ends[axis], 0))]
+    padded = R.nn.pad(x, widths, pad_mode=_PAD_MODES[mode], pad_value=float(node.attrs["value"]))
+    if min(pads) >= 0:
+        return padded
+    padded_shape = [shape[i] + max(begins[i], 0) + max(ends[i], 0) for i in range(rank)]
+    starts = [max(-b, 0) for b in begins]
+    stops = [padded_shape[i] - max(-ends[i], 0) for i in range(rank)]
+    return R.strided_slice(padded, list(range(rank)), starts, stops)
+
+
+def emit_tile(e: _Emitter, node: Node) -> relax.Expr:
+    return R.tile(e.operand(node, 0), [int(r) for r in node.attrs["repeats"]])
+
+
+def emit_depth_to_space(e: _Emitter, node: Node) -> relax.Expr:
+    """ONNX DepthToSpace (DCR or CRD) as reshape -> transpose -> reshape."""
+    n, c, h, w = e.shape(node.inputs[0])
+    b = int(node.attrs["blocksize"])
+    if node.attrs["mode"] == "DCR":
+        split, perm = [n, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2]
+    else:
+        split, perm = [n, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3]
+    blocks = R.permute_dims(R.reshape(e.operand(node, 0), split), perm)
+    return R.reshape(blocks, [n, c // (b * b), h * b, w * b])
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+EMITTERS: dict[str, Emitter] = {
+    # elementwise
+    "Add": _binary(R.add), "Sub": _binary(R.subtract), "Mul": _binary(R.multiply), "Div": emit_div,
+    "Pow": emit_pow, "Max": _variadic(R.maximum), "Min": _variadic(R.minimum),
+    "Equal": _binary(R.equal), "Less": _binary(R.less), "Greater": _binary(R.greater),
+    "LessOrEqual": _binary(R.less_equal), "GreaterOrEqual": _binary(R.greater_equal),
+    "Where": lambda e, node: R.where(e.operand(node, 0), e.operand(node, 1), e.operand(node, 2)),
+    "And": _binary(R.logical_and), "Or": _binary(R.logical_or), "Not": _unary(R.logical_not),
+    "Relu": _unary(R.nn.relu), "Sigmoid": _unary(R.sigmoid), "Tanh": _unary(R.tanh), "Exp": _unary(R.exp),
+    "Log": _unary(R.log), "Sqrt": _unary(R.sqrt), "Reciprocal": emit_reciprocal, "Neg": _unary(R.negative),
+    "Abs": _unary(R.abs), "Erf": _unary(R.erf), "Floor": _unary(R.floor), "Ceil": _unary(R.ceil),
+    "Round": _unary(R.round), "Sin": _unary(R.sin), "Cos": _unary(R.cos), "Softplus": emit_softplus,
+    "Clip": emit_clip, "LeakyRelu": emit_leaky_relu, "Elu": emit_elu, "HardSigmoid": emit_hard_sigmoid,
+    "HardSwish": emit_hard_swish, "Gelu": emit_gelu, "PRelu": emit_prelu, "Cast": emit_cast,
+    # linear algebra and convolution
+    "MatMul": emit_matmul, "Conv": emit_conv, "ConvTranspose": emit_conv_transpose,
+    # normalization and reductions
+    "BatchNormalization": emit_batch_norm, "LayerNormalization": emit_layer_norm,
+    "Softmax": emit_softmax, "LogSoftmax": emit_log_softmax,
+    "ReduceMean": _reduction(R.mean), "ReduceSum": _reduction(R.sum),
+    "ReduceMax": _reduction(R.max), "ReduceMin": _reduction(R.min), "ArgMax": emit_argmax,
+    # pooling and resizing
+    "MaxPool": emit_max_pool, "AveragePool": emit_average_pool,
+    "GlobalAveragePool": emit_global_average_pool, "GlobalMaxPool": emit_global_max_pool,
+    "Resize": emit_resize,
+    # data movement
+    "Reshape": _to_output_shape, "Squeeze": _to_output_shape, "Unsqueeze": _to_output_shape,
+    "Transpose": emit_transpose, "Concat": emit_concat, "Split": emit_split, "Slice": emit_slice,
+    "Expand": emit_expand, "Gather": emit_gather, "Pad": emit_pad, "Tile": emit_tile,
+    "DepthToSpace": emit_depth_to_space,
+}
