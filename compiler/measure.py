@@ -67,3 +67,37 @@ def median(values: list[float]) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
+
+
+# -- fidelity of a quantized model against its FP32 original --------------------------------------
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """KL(p || q) per row of two probability arrays."""
+    return (p * (np.log(p + eps) - np.log(q + eps))).sum(axis=-1)
+
+
+def classification_fidelity(fp32_logits: np.ndarray, quant_logits: np.ndarray, confident: float = 0.5) -> dict:
+    """KL(FP32 || quantized) of the softmax, top-1 agreement overall and on confident FP32 predictions."""
+    p, q = softmax(fp32_logits), softmax(quant_logits)
+    agree = p.argmax(-1) == q.argmax(-1)
+    sure = p.max(-1) > confident
+    return {"kl": float(kl_divergence(p, q).mean()), "top1_agree": float(agree.mean()),
+            "top1_agree_confident": float(agree[sure].mean()) if sure.any() else float("nan"),
+            "confident_samples": int(sure.sum())}
+
+
+def mean_pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sentence embeddings: the mean of token states over the attention mask."""
+    m = mask[..., None].astype(np.float64)
+    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)

