@@ -25,8 +25,13 @@ FP4 (FLOAT4E2M1: fp4_e2m1, mxfp4, nvfp4) needs opset 23. The model is standard O
 1.31 has no FLOAT4E2M1 kernel, so `ort_runnable` says no. Block-format *activations* (MX/NVFP4
 scales computed from the data at run time) have no ONNX operator and are refused.
 
-The float ops that ONNX Runtime runs differ from the torch reference kernels by float rounding only;
-see tests/test_onnx_qdq.py for the measured agreement.
+ONNX Runtime with graph optimizations off (ORT_DISABLE_ALL) runs the QDQ semantics: its float kernels
+differ from the torch reference kernels by float rounding only, and its QuantizeLinear rounds exactly
+as formats.quantize (tests/test_onnx_qdq.py has the measured agreement). With optimizations on it
+fuses QDQ groups into integer kernels (QLinearConv; MatMulNBits for weight-only MatMul, which
+quantizes the activations too) that compute differently, and ORT 1.31 refuses some FP8 and INT4
+activation models outright (its QDQ rewrites produce a float8 MaxPool / QGemm, or fail on a float8
+zero point in the Clip+QuantizeLinear fusion).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from bitsmith.errors import OutputError, UnsupportedError, UsageError
 from bitsmith.formats import FP4_FORMATS, format_info, quantize
