@@ -16,6 +16,9 @@ Quantization follows bitsmith's simulation (`simulate.Simulator`) exactly:
 - a quantized activation (node output or graph input) gets QuantizeLinear -> DequantizeLinear right
   where it is produced; the DequantizeLinear output keeps the IR name, so consumers and graph
   outputs are unchanged (a quantized graph input keeps its name too: its QDQ output is renamed);
+- a dynamic spec (QuantSpec.dynamic, uint8 per tensor) becomes DynamicQuantizeLinear -> DequantizeLinear,
+  which computes the scale and zero point from the tensor at run time exactly as the simulator does
+  (formats.dynamic_spec); a constant with a dynamic spec is stored with the spec of its own values;
 - MX formats have E8M0 block scales, which DequantizeLinear cannot take in ONNX 1.23 / ORT 1.31:
   their scales are exported as float32 (they are powers of two, so this is exact); NVFP4 stores its
   E4M3 block scales as FLOAT8E4M3FN, dequantized by the per-tensor float32 scale, which feeds the
@@ -46,7 +49,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bitsmith.errors import OutputError, UnsupportedError, UsageError
-from bitsmith.formats import FP4_FORMATS, format_info, quantize
+from bitsmith.formats import FP4_FORMATS, dynamic_spec, format_info, quantize
 from bitsmith.ir import Graph, Node, QuantSpec, verify
 from bitsmith.ops import OPS
 
@@ -219,6 +222,8 @@ class _Exporter:
         if spec is None:
             self.initializer(name, array, exact_name=True)
             return
+        if spec.dynamic:
+            spec = dynamic_spec(array)
         codes = quantize(array, spec).astype(ELEMENT_TYPES[spec.format][0])
         stored = self.initializer(f"{name}_quantized", codes)
         scale = self._scale_input(name, spec)
@@ -247,7 +252,13 @@ class _Exporter:
             self._qdq(name, self.alias[name], spec)
 
     def _qdq(self, source: str, target: str, spec: QuantSpec) -> None:
-        """QuantizeLinear -> DequantizeLinear from `source` to `target` (saturating for floats)."""
+        """QuantizeLinear -> DequantizeLinear from `source` to `target` (saturating for floats);
+        DynamicQuantizeLinear -> DequantizeLinear for a dynamic spec."""
+        if spec.dynamic:
+            codes, scale, zero_point = (self.fresh(f"{target}_{part}") for part in ("quantized", "scale", "zero_point"))
+            self.emit("DynamicQuantizeLinear", [source], [codes, scale, zero_point])
+            self.emit("DequantizeLinear", [codes, scale, zero_point], [target])
+            return
         scale = self._scale_input(target, spec)
         zero_point = self._zero_point(target, spec)
         codes = self.fresh(f"{target}_quantized")

@@ -27,6 +27,12 @@ Two rules cover inputs the specs leave open: a zero scale quantizes its elements
 (``zero_point`` for integers; NVFP4 blocks whose E4M3 scale underflows), and NaN quantizes to the
 zero point for integers and to 0 for FP4 (which has no NaN; ml_dtypes gives -0).
 
+Dynamic specs (`QuantSpec.dynamic`, uint8 per tensor) are ONNX DynamicQuantizeLinear: `dynamic_spec(x)`
+computes the static spec for one tensor exactly as ONNX Runtime does (float32: range widened to
+include 0, scale = range / 255, or 1 for an all-zero tensor; zero point = round_half_even(-min / scale)
+clipped to [0, 255]); `quantize`, `fake_quant` and `fake_quant_torch` resolve a dynamic spec from the
+tensor they are given.
+
 `fake_quant_torch` is the differentiable twin used for fake-quant simulation: it equals
 `fake_quant` bit for bit, and with ``ste=True`` its gradient is the clipped straight-through
 estimator (Bengio et al. 2013; as in torch.ao's fake_quantize): 1 where ``x`` lies inside the
@@ -163,6 +169,23 @@ def choose_spec(x: np.ndarray | None, fmt: str, granularity: str | None = None, 
         scale, zero_point = _integer_scale(lo, hi, info, symmetric)
     return QuantSpec(fmt, info.bits, granularity, axis, block_size if granularity == "block" else None,
                      scale, zero_point, symmetric=symmetric)
+
+
+def dynamic_spec(x: np.ndarray) -> QuantSpec:
+    """The uint8 per-tensor spec ONNX DynamicQuantizeLinear computes for `x`, in float32 as ONNX Runtime
+    does (GetQuantizationParameter): [min(x, 0), max(x, 0)] over 0..255; an empty range gets scale 1."""
+    x = np.asarray(x, np.float32)
+    zero = np.float32(0)
+    lo = min(np.float32(x.min()), zero) if x.size else zero
+    hi = max(np.float32(x.max()), zero) if x.size else zero
+    scale = np.float32(1) if hi == lo else np.float32((hi - lo) / np.float32(255))
+    zero_point = np.rint(np.clip(zero - lo / scale, np.float32(0), np.float32(255)))
+    return QuantSpec("uint8", 8, "tensor", scale=scale, zero_point=np.int32(zero_point), symmetric=False)
+
+
+def _static(x: np.ndarray, spec: QuantSpec) -> QuantSpec:
+    """`spec` itself, or for a dynamic spec the static spec of this tensor."""
+    return dynamic_spec(x) if spec.dynamic else spec
 
 
 def _checked_axis(x: np.ndarray | None, granularity: str, axis: int | None, info: FormatInfo) -> int | None:
@@ -369,6 +392,7 @@ def quantize(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     float arrays (float8_e4m3fn, float8_e5m2, float4_e2m1fn) for float and block formats."""
     info = format_info(spec.format)
     x = np.asarray(x, np.float32)
+    spec = _static(x, spec)
     scaled = _scaled(x, _expand(effective_scale(spec), x.shape, spec))
     if info.is_float:
         return _saturating_cast(scaled, info.code_dtype)
@@ -377,6 +401,9 @@ def quantize(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
 
 def dequantize(codes: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """float32 real values of codes: (q - zero_point) * scale."""
+    if spec.dynamic:
+        raise UsageError("dequantize: a dynamic spec has no scale until it sees the tensor; "
+                         "dequantize with formats.dynamic_spec(tensor)")
     info = format_info(spec.format)
     codes = np.asarray(codes)
     scale = _expand(effective_scale(spec), codes.shape, spec)
@@ -390,6 +417,7 @@ def dequantize(codes: np.ndarray, spec: QuantSpec) -> np.ndarray:
 
 def fake_quant(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """dequantize(quantize(x)): x rounded to the values `spec` can represent, float32."""
+    spec = _static(np.asarray(x, np.float32), spec)
     return dequantize(quantize(x, spec), spec)
 
 
@@ -504,6 +532,17 @@ def _fake_quant_spec_torch(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tens
     return _fake_quant_core_torch(x, info, scale, zero_point)
 
 
+def _fake_quant_dynamic_spec_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of `dynamic_spec` + fake quantization: the parameters come from x (as constants for autograd)."""
+    values = x.detach()
+    zero = torch.zeros((), dtype=torch.float32, device=x.device)
+    lo = torch.minimum(values.min(), zero) if values.numel() else zero
+    hi = torch.maximum(values.max(), zero) if values.numel() else zero
+    scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / np.float32(255))
+    zero_point = torch.round(torch.clamp(zero - lo / scale, 0, 255))
+    return _fake_quant_core_torch(x, FORMATS["uint8"], scale, zero_point)
+
+
 def _block_amax_torch(x: torch.Tensor, axis: int, block_size: int) -> torch.Tensor:
     """max |x| per block along `axis`, in the numpy layout (axis dimension = number of blocks)."""
     magnitude = x.abs().movedim(axis, -1)
@@ -558,7 +597,10 @@ def fake_quant_torch(x: torch.Tensor, spec: QuantSpec, ste: bool = True) -> torc
 
     ste=True: straight-through gradient (1 inside the representable range, 0 where clipped).
     ste=False: plain autograd through the rounding (zero gradient almost everywhere).
+    A dynamic spec takes its scale and zero point from x (ONNX DynamicQuantizeLinear, see `dynamic_spec`).
     """
+    if spec.dynamic:
+        return _apply_torch(x, _fake_quant_dynamic_spec_torch, ste)
     return _apply_torch(x, lambda x32: _fake_quant_spec_torch(x32, spec), ste)
 
 

@@ -40,6 +40,10 @@ class QuantSpec:
     block for block formats); `scale_format` says how the scale itself is stored (fp32, the E8M0
     power-of-two scales of the OCP MX formats, or the E4M3 scales of NVFP4, which also carry a
     `tensor_scale`).
+
+    `dynamic=True` (uint8 per tensor only) is ONNX DynamicQuantizeLinear: scale and zero point are
+    computed from each tensor at run time (range widened to include 0, scale = range / 255, zero
+    point = round_half_even(-min / scale)); `scale` and `zero_point` are then unused placeholders.
     """
 
     format: str
@@ -52,6 +56,7 @@ class QuantSpec:
     scale_format: str = "fp32"
     tensor_scale: float | None = None
     symmetric: bool = True
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in QUANT_FORMATS:
@@ -62,12 +67,16 @@ class QuantSpec:
             raise IRError(f"QuantSpec: granularity {self.granularity!r} needs an axis")
         if self.granularity == "block" and not self.block_size:
             raise IRError("QuantSpec: block granularity needs a block_size")
+        if self.dynamic and (self.format != "uint8" or self.granularity != "tensor"):
+            raise IRError(f"QuantSpec: dynamic quantization is uint8 per tensor (ONNX DynamicQuantizeLinear), "
+                          f"not {self.format}/{self.granularity}")
         self.scale = np.asarray(self.scale, np.float32)
         self.zero_point = np.asarray(self.zero_point, np.int32)
 
     def same_as(self, other: "QuantSpec") -> bool:
         """True when both specs quantize identically (used to check tied quantizers)."""
-        plain = ("format", "bits", "granularity", "axis", "block_size", "scale_format", "tensor_scale", "symmetric")
+        plain = ("format", "bits", "granularity", "axis", "block_size", "scale_format", "tensor_scale", "symmetric",
+                 "dynamic")
         return (all(getattr(self, k) == getattr(other, k) for k in plain)
                 and np.array_equal(self.scale, other.scale)
                 and np.array_equal(self.zero_point, other.zero_point))
@@ -279,7 +288,7 @@ def _fmt_quant(q: QuantSpec | None) -> str:
         return ""
     gran = q.granularity if q.granularity == "tensor" else f"{q.granularity}(axis={q.axis}" + (
         f",block={q.block_size})" if q.block_size else ")")
-    return f" @{q.format}/{gran}"
+    return f" @{q.format}/{gran}" + ("/dynamic" if q.dynamic else "")
 
 
 def dump(graph: Graph) -> str:

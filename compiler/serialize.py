@@ -2,7 +2,8 @@
 
 The JSON holds structure (values, nodes, attributes, quant specs without their arrays); the
 safetensors file holds every constant under its own name and each QuantSpec's arrays under
-`quant/<value>/scale` and `quant/<value>/zero_point`. Shapes come from the JSON, because safetensors
+`quant/<value>/scale` and `quant/<value>/zero_point` (a dynamic spec's placeholders too; its JSON carries
+`"dynamic": true`, omitted for static specs). Shapes come from the JSON, because safetensors
 stores a 0-d array as shape [1].
 """
 
@@ -28,6 +29,8 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
         out: dict[str, Any] = {"shape": list(v.shape), "dtype": v.dtype}
         if v.quant is not None:
             out["quant"] = {k: getattr(v.quant, k) for k in _QUANT_FIELDS}
+            if v.quant.dynamic:  # written only when set, so static specs serialize as before the field existed
+                out["quant"]["dynamic"] = True
             out["quant"]["scale_shape"] = list(v.quant.scale.shape)
             out["quant"]["zero_point_shape"] = list(v.quant.zero_point.shape)
         return out
@@ -63,7 +66,7 @@ def graph_from_json(doc: dict[str, Any], tensors: dict[str, np.ndarray]) -> Grap
         quant = None
         if "quant" in v:
             q = v["quant"]
-            quant = QuantSpec(**{k: q[k] for k in _QUANT_FIELDS},
+            quant = QuantSpec(**{k: q[k] for k in _QUANT_FIELDS}, dynamic=bool(q.get("dynamic", False)),
                               scale=tensors[f"quant/{name}/scale"].reshape(q["scale_shape"]),
                               zero_point=tensors[f"quant/{name}/zero_point"].reshape(q["zero_point_shape"]))
         values[name] = Value(name, tuple(v["shape"]), v["dtype"], quant)

@@ -2,8 +2,10 @@
 
 Every value carrying a QuantSpec is replaced by quantize-then-dequantize of itself: weights once,
 when the simulator is built; activations as they are produced. Block-format activations get their
-block scales from the data at run time (as MX hardware does). The forward pass is autograd-friendly
-(straight-through estimator), which the Hessian sensitivity pass relies on.
+block scales from the data at run time (as MX hardware does), and dynamic specs (`QuantSpec.dynamic`,
+ONNX DynamicQuantizeLinear) their uint8 scale and zero point from each tensor, on every run. The
+forward pass is autograd-friendly (straight-through estimator), which the Hessian sensitivity pass
+relies on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from .ir import Graph, QuantSpec
 
 
 def fake_quant_activation(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    if spec.dynamic:  # scale and zero point from this tensor, as DynamicQuantizeLinear (formats.dynamic_spec)
+        return fake_quant_torch(x, spec)
     if spec.granularity == "block":
         return fake_quant_dynamic_torch(x, spec.format, axis=spec.axis if spec.axis is not None else -1,
                                         block_size=spec.block_size)

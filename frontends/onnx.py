@@ -9,11 +9,27 @@ a static shape once the caller fixes the dynamic input dimensions (`input_shapes
 
 Before converting anything, the importer lists every op it cannot convert and raises ONE
 UnsupportedError naming each op type, the nodes using it and the opset.
+
+Pre-quantized models import into the same annotated IR that bitsmith's own quantization produces
+(float values carrying QuantSpecs; see `_dequantize_linear` and the converters after it):
+- QDQ: DequantizeLinear of a constant becomes a float constant holding the dequantized values,
+  annotated with the spec (so fake-quantizing it changes nothing); QuantizeLinear -> DequantizeLinear
+  annotates the quantized float value itself and both nodes disappear;
+- QOperator: QLinearConv, QLinearMatMul (and ONNX Runtime's com.microsoft QGemm, QLinearAdd,
+  QLinearGlobalAveragePool, QLinearSoftmax) become their float ops on annotated values, with
+  dequantized weights and int32 biases;
+- dynamic quantization: DynamicQuantizeLinear -> ConvInteger / MatMulInteger -> Cast -> Mul(x_scale *
+  w_scale) becomes one float Conv / MatMul whose input carries a dynamic uint8 spec.
+An integer tensor is only ever read through those patterns (or by layout ops that move codes
+unchanged, such as MaxPool, Reshape or Flatten, whose outputs keep the spec); anything else is an
+UnsupportedError naming the node.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,8 +39,9 @@ import torch
 from onnx import numpy_helper
 
 from ..errors import ModelError, UnsupportedError, UsageError
+from ..formats import dequantize, format_info, param_shape
 from ..interpreter import DTYPE_NAMES, TORCH_DTYPES, run_node
-from ..ir import DTYPES, Graph, Node, verify
+from ..ir import DTYPES, Graph, Node, QuantSpec, verify
 from ..ops import OPS
 
 MIN_OPSET, MAX_OPSET = 11, 23
@@ -89,12 +106,18 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return 1
 
 
+def _converter_key(node: onnx.NodeProto) -> str:
+    """CONVERTERS key: the op type for the default domain, 'domain:op' for another (com.microsoft:QGemm)."""
+    domain = node.domain or ""
+    return node.op_type if domain in ("", "ai.onnx") else f"{domain}:{node.op_type}"
+
+
 def _unsupported_ops(proto: onnx.ModelProto, opset: int) -> list[str]:
     """One line per unsupported op type: 'If (opset 16): nodes If_0, If_3'."""
     found: dict[tuple[str, str], list[str]] = {}
     for i, node in enumerate(proto.graph.node):
         domain = node.domain or ""
-        if domain not in ("", "ai.onnx") or node.op_type not in CONVERTERS:
+        if _converter_key(node) not in CONVERTERS:
             key = (domain, node.op_type)
             found.setdefault(key, []).append(node.name or f"#{i}")
     lines = []
@@ -118,6 +141,22 @@ class _Importer:
         self.graph = Graph(name=name, metadata={"source": source, "opset": self.opset,
                                                   "producer": proto.producer_name})
         self.alias: dict[str, str] = {}
+        # pre-quantized models: integer tensors (ONNX name -> the annotated float value standing for
+        # them), constants of element types the IR has no dtype for (int4, float8... codes and zero
+        # points, read only by quantization ops), and the integer-op patterns matched before conversion
+        self.codes: dict[str, _Codes] = {}
+        self.raw: dict[str, np.ndarray] = {}
+        self.integer_ops: dict[str, _IntegerMatch] = {}
+        self.absorbed: set[int] = set()
+        graph = proto.graph
+        self.onnx_consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    self.onnx_consumers.setdefault(name, []).append(node)
+        self.onnx_outputs = {o.name for o in graph.output}
+        self.onnx_names = ({n for node in graph.node for n in (*node.input, *node.output)}
+                           | {t.name for t in graph.initializer} | {v.name for v in graph.input} | self.onnx_outputs)
 
     # -- driver --------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -133,9 +172,15 @@ class _Importer:
         self._add_initializers()
         self._add_inputs()
         self._check_inputs_given()
+        _match_integer_ops(self)
         for index, node in enumerate(self.proto.graph.node):
+            if index in self.absorbed:  # part of a DynamicQuantizeLinear -> ConvInteger/MatMulInteger pattern
+                continue
             self.node_name = node.name or f"{node.op_type}_{index}"
-            CONVERTERS[node.op_type](self, node)
+            quantized = self._check_integer_inputs(node)
+            CONVERTERS[_converter_key(node)](self, node)
+            if quantized is not None:
+                self._keep_codes(node, quantized)
         self._bind_outputs()
         self.graph.remove_unused()
         verify(self.graph, OPS)
@@ -145,6 +190,11 @@ class _Importer:
         """Graph outputs keep the model's names, even when an Identity made them aliases."""
         produced = {o for n in self.graph.nodes for o in n.outputs}
         for output in self.proto.graph.output:
+            if output.name in self.codes or output.name in self.raw:
+                what = f"node {self.codes[output.name].node!r}" if output.name in self.codes else "a constant"
+                raise UnsupportedError(f"{self.source}: graph output {output.name!r} is an integer tensor from {what}; "
+                                       "bitsmith imports quantized tensors only where DequantizeLinear (or a QLinear "
+                                       "op) reads them")
             name, source = output.name, self.resolve(output.name)
             if source != name and source in produced and source not in self.graph.outputs:
                 self.graph.rename_value(source, name)
@@ -155,7 +205,43 @@ class _Importer:
 
     def _add_initializers(self) -> None:
         for tensor in self.proto.graph.initializer:
-            self.add_constant(tensor.name, numpy_helper.to_array(tensor))
+            self.store_constant(tensor.name, numpy_helper.to_array(tensor))
+
+    def _check_integer_inputs(self, node: onnx.NodeProto) -> list["_Codes"] | None:
+        """Integer tensors may only be read by the converters that understand them (QUANTIZED_READERS),
+        or by a code-preserving layout op (CODE_PRESERVING, data input only). Returns the quantized
+        inputs of a code-preserving op, whose outputs then keep their spec (`_keep_codes`)."""
+        key = _converter_key(node)
+        for name in node.input:
+            if name in self.raw and key not in QUANTIZED_READERS and key != "QuantizeLinear":
+                raise UnsupportedError(f"{self.source}: constant {name!r} has element type {self.raw[name].dtype.name}, "
+                                       f"which bitsmith supports only as quantized codes or zero points; node "
+                                       f"{self.node_name!r} ({node.op_type}) reads it")
+        quantized = [(i, name) for i, name in enumerate(node.input) if name in self.codes]
+        if not quantized or key in QUANTIZED_READERS:
+            return None
+        data_inputs = range(len(node.input)) if key == "Concat" else (0,)
+        if key in CODE_PRESERVING and all(i in data_inputs for i, _ in quantized):
+            specs = [self.codes[name] for _, name in quantized]
+            if all(c.spec.same_as(specs[0].spec) and not c.spec.dynamic for c in specs):
+                return specs
+        name = quantized[0][1]
+        raise UnsupportedError(
+            f"{self.source}: node {self.node_name!r} ({node.op_type}) reads {name!r}, the integer output of node "
+            f"{self.codes[name].node!r}; bitsmith imports quantized tensors only where DequantizeLinear, a QLinear op "
+            f"or a layout op that moves codes unchanged ({', '.join(CODE_PRESERVING)}) reads them")
+
+    def _keep_codes(self, node: onnx.NodeProto, quantized: list["_Codes"]) -> None:
+        """A layout op moved integer codes: its outputs are codes with the same spec."""
+        spec = quantized[0].spec
+        for out in node.output:
+            if not out:
+                continue
+            name = self.resolve(out)
+            value = self.graph.values[name]
+            if value.quant is None:
+                value.quant = dataclasses.replace(spec)
+            self.codes[out] = _Codes(name, spec, quantized[0].node)
 
     def _add_inputs(self) -> None:
         for value_info in self.proto.graph.input:
@@ -203,6 +289,14 @@ class _Importer:
             raise UnsupportedError(f"{self.source}: {what} has element type {name}, which bitsmith does not support")
         return name
 
+    def store_constant(self, name: str, array: np.ndarray) -> None:
+        """A constant: in the graph, or (int4, float8... codes and zero points, which only quantization
+        ops read) aside."""
+        if array.dtype.name in DTYPES:
+            self.add_constant(name, array)
+        else:
+            self.raw[name] = array
+
     def add_constant(self, name: str, array: np.ndarray) -> None:
         if array.dtype.name not in DTYPES:
             raise UnsupportedError(f"{self.source}: constant {name!r} has element type {array.dtype.name}, "
@@ -240,6 +334,34 @@ class _Importer:
     def fresh(self, base: str) -> str:
         return self.graph.fresh_name(base)
 
+    def fresh_value(self, base: str) -> str:
+        """A value name used neither in the graph nor anywhere in the ONNX model (so no later ONNX
+        tensor can claim it)."""
+        candidate, i = base, 0
+        while True:
+            name = self.graph.fresh_name(candidate)
+            if name not in self.onnx_names:
+                return name
+            i += 1
+            candidate = f"{base}_{i}"
+
+    def annotate(self, node: onnx.NodeProto, name: str, spec: QuantSpec, copy_name: str) -> str:
+        """The float value `name` (ONNX) quantized with `spec`: the value itself when the quantizer is
+        its only reader, else a copy (an identity Reshape named `copy_name`), so that the model's
+        other readers keep the unquantized value."""
+        source = self.resolve(name)
+        value = self.graph.values[source]
+        if value.dtype != "float32":
+            raise UnsupportedError(f"node {self.node_name!r} ({node.op_type}): it quantizes {name!r} of type "
+                                   f"{value.dtype}; bitsmith imports quantization of float32 values only")
+        readers = self.onnx_consumers.get(name, [])
+        if source == name and len(readers) == 1 and name not in self.onnx_outputs and value.quant is None:
+            value.quant = spec
+            return source
+        copy = self.emit("Reshape", [source], {"shape": list(value.shape)}, [self.fresh(copy_name)])[0]
+        self.graph.values[copy].quant = spec
+        return copy
+
     def emit(self, op: str, inputs: list[str], attrs: dict[str, Any], outputs: list[str]) -> list[str]:
         """Add an IR node (or fold it into constants) and infer its outputs' types."""
         node = Node(op, self.fresh(self.node_name), inputs, outputs, attrs)
@@ -247,6 +369,9 @@ class _Importer:
             folded = run_node(node, [torch.from_numpy(np.array(self.graph.constants[i])) if i else None for i in inputs])
             for name, tensor in zip(outputs, folded):
                 self.add_constant(name, tensor.numpy())
+            spec = self.graph.values[inputs[0]].quant if inputs and inputs[0] else None
+            if op == "Transpose" and spec is not None:  # a dequantized weight keeps its spec (Gemm's transB)
+                self.graph.values[outputs[0]].quant = _transposed_spec(spec, attrs["perm"])
             return outputs
         for name, tensor in zip(outputs, self._infer(node)):
             self.graph.add_value(name, tuple(tensor.shape), DTYPE_NAMES[tensor.dtype])
@@ -281,10 +406,10 @@ class _Importer:
 # ---------------------------------------------------------------------------------------------
 # Converters
 # ---------------------------------------------------------------------------------------------
-def converter(*op_types: str) -> Callable[[Converter], Converter]:
+def converter(*op_types: str, domain: str = "") -> Callable[[Converter], Converter]:
     def register(fn: Converter) -> Converter:
         for op in op_types:
-            CONVERTERS[op] = fn
+            CONVERTERS[f"{domain}:{op}" if domain else op] = fn
         return fn
     return register
 
@@ -347,7 +472,7 @@ def _constant(imp: _Importer, node: onnx.NodeProto) -> None:
         array = np.array(a["value_ints"], np.int64)
     else:
         raise UnsupportedError(f"node {imp.node_name!r} (Constant): attribute {sorted(a)} is not supported")
-    imp.add_constant(node.output[0], array)
+    imp.store_constant(node.output[0], array)
 
 
 @converter("Shape")
@@ -543,18 +668,21 @@ def _layer_norm(imp: _Importer, node: onnx.NodeProto) -> None:
 
 @converter("Softmax", "LogSoftmax")
 def _softmax(imp: _Importer, node: onnx.NodeProto) -> None:
-    shape = imp.shape(node.input[0])
+    _emit_softmax(imp, node.op_type, imp.resolve(node.input[0]), attrs_of(node).get("axis"), imp.opset, node.output[0])
+
+
+def _emit_softmax(imp: _Importer, op: str, x: str, axis: int | None, opset: int, out: str) -> None:
+    shape = imp.graph.values[x].shape
     rank = len(shape)
-    default = -1 if imp.opset >= 13 else 1
-    axis = _axis(int(attrs_of(node).get("axis", default)), rank)
-    if imp.opset >= 13 or axis == rank - 1:
-        imp.emit_same(node, node.op_type, {"axis": axis})
+    default = -1 if opset >= 13 else 1
+    axis = _axis(int(default if axis is None else axis), rank)
+    if opset >= 13 or axis == rank - 1:
+        imp.emit(op, [x], {"axis": axis}, [out])
         return
     # opset < 13: softmax over the flattened trailing dims [axis:]
-    out = node.output[0]
     flat = [math.prod(shape[:axis]), math.prod(shape[axis:])]
-    x2 = imp.emit("Reshape", [imp.resolve(node.input[0])], {"shape": flat}, [imp.fresh(f"{out}_2d")])[0]
-    y2 = imp.emit(node.op_type, [x2], {"axis": 1}, [imp.fresh(f"{out}_sm")])[0]
+    x2 = imp.emit("Reshape", [x], {"shape": flat}, [imp.fresh(f"{out}_2d")])[0]
+    y2 = imp.emit(op, [x2], {"axis": 1}, [imp.fresh(f"{out}_sm")])[0]
     imp.emit("Reshape", [y2], {"shape": list(shape)}, [out])
 
 
@@ -771,3 +899,451 @@ def _tile(imp: _Importer, node: onnx.NodeProto) -> None:
 def _depth_to_space(imp: _Importer, node: onnx.NodeProto) -> None:
     a = attrs_of(node)
     imp.emit_same(node, "DepthToSpace", {"blocksize": int(a["blocksize"]), "mode": a.get("mode", "DCR")})
+
+
+# -- pre-quantized models -----------------------------------------------------------------------
+# ONNX element type of quantized codes (numpy / ml_dtypes name) -> bitsmith format
+ELEMENT_FORMATS = {"int8": "int8", "uint8": "uint8", "int16": "int16", "int4": "int4", "uint4": "uint4",
+                   "float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2", "float4_e2m1fn": "fp4_e2m1"}
+# converters that read integer tensors themselves
+QUANTIZED_READERS = ("DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                     "com.microsoft:QGemm", "com.microsoft:QLinearAdd", "com.microsoft:QLinearGlobalAveragePool",
+                     "com.microsoft:QLinearSoftmax")
+# layout ops that move integer codes unchanged, so the float values move the same way: their outputs are
+# codes with the input's spec (MaxPool too: with a positive scale the largest code is the largest value)
+CODE_PRESERVING = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice",
+                   "Split", "Concat", "Gather", "DepthToSpace")
+_INTEGER_PATTERN = ("DynamicQuantizeLinear -> {op} -> Cast(float) -> Mul(x_scale * w_scale), optionally with an "
+                    "int32 bias Floor(b / (x_scale * w_scale)) added before the Cast (as onnx.quantize wrote it)")
+
+
+@dataclass(frozen=True)
+class _Codes:
+    """An integer tensor of the ONNX model: the IR float value standing for its dequantized values
+    (annotated with `spec`) and the node that produced it (for error messages)."""
+
+    name: str
+    spec: QuantSpec
+    node: str
+
+
+@dataclass(frozen=True)
+class _IntegerMatch:
+    """A matched ConvInteger / MatMulInteger pattern (see `_match_integer_ops`)."""
+
+    weight_scale: str       # the constant operand of Mul(x_scale, w_scale)
+    bias: str | None        # the float bias of onnx.quantize's int32 bias chain
+    output: str             # the final Mul's output: the float result
+
+
+def _transposed_spec(spec: QuantSpec, perm: list[int]) -> QuantSpec:
+    if spec.granularity == "tensor":
+        return dataclasses.replace(spec)
+    axis = list(perm).index(spec.axis)
+    if spec.granularity == "channel":
+        return dataclasses.replace(spec, axis=axis)
+    return dataclasses.replace(spec, axis=axis, scale=spec.scale.transpose(perm), zero_point=spec.zero_point.transpose(perm))
+
+
+def _format_of(imp: _Importer, node: onnx.NodeProto, element: str, what: str) -> str:
+    fmt = ELEMENT_FORMATS.get(element)
+    if fmt is None:
+        raise UnsupportedError(f"node {imp.node_name!r} ({node.op_type}): {what} has element type {element}; bitsmith "
+                               f"imports quantized {', '.join(ELEMENT_FORMATS)} (and int32 biases)")
+    return fmt
+
+
+def _spec(imp: _Importer, node: onnx.NodeProto, fmt: str, scale: np.ndarray, zero_point: np.ndarray | None,
+          shape: tuple[int, ...], axis: int, block_size: int, what: str) -> QuantSpec:
+    """The QuantSpec of ONNX (De)QuantizeLinear parameters for a tensor of `shape`: per tensor (a
+    one-element scale), per axis (a 1-D scale along `axis`) or blocked (`block_size` > 0, opset 21)."""
+    where = f"node {imp.node_name!r} ({node.op_type})"
+    if scale.dtype != np.float32:
+        raise UnsupportedError(f"{where}: {what} has a {scale.dtype.name} scale; bitsmith imports float32 scales")
+    info = format_info(fmt)
+    scale = np.array(scale, np.float32)  # (a copy: the model's arrays are read-only)
+    zp = np.zeros(scale.shape, np.int32) if zero_point is None else np.asarray(zero_point).astype(np.int32)
+    if info.is_float and np.any(zp != 0):
+        raise UnsupportedError(f"{where}: {what} is {fmt} with a non-zero zero point")
+    if block_size:
+        granularity, axis = "block", _axis(axis, len(shape))
+    elif scale.size == 1 and zp.size == 1 and scale.ndim <= 1:
+        granularity, axis, scale, zp = "tensor", None, scale.reshape(()), zp.reshape(())
+    else:
+        granularity, axis = "channel", _axis(axis, len(shape))
+        if not 0 <= axis < len(shape) or scale.ndim > 1 or zp.ndim > 1 or {scale.size, zp.size} - {1, shape[axis]}:
+            raise ModelError(f"{where}: {what} has scale {list(scale.shape)} / zero point {list(zp.shape)}, which fit "
+                             f"neither one quantizer nor one per index of axis {axis} of a {list(shape)} tensor")
+        scale, zp = np.broadcast_to(scale, (shape[axis],)).copy(), np.broadcast_to(zp, (shape[axis],)).copy()
+    zero = 0 if (info.is_float or info.qmin < 0) else (int(info.qmax) + 1) // 2
+    spec = QuantSpec(fmt, info.bits, granularity, axis, block_size or None, scale, zp,
+                     symmetric=bool(np.all(zp == zero)))
+    expected = param_shape(tuple(shape), granularity, axis, block_size or None)
+    if spec.scale.shape != expected or spec.zero_point.shape != expected:
+        raise ModelError(f"{where}: {what} has scale {list(scale.shape)} / zero point {list(zp.shape)}, but a "
+                         f"{granularity} quantizer of a {list(shape)} tensor needs {list(expected)}")
+    return spec
+
+
+def _operand(imp: _Importer, node: onnx.NodeProto, index: int) -> np.ndarray | None:
+    """Constant input `index` (graph constant or int4/float8 codes kept aside), None when omitted."""
+    if index >= len(node.input) or not node.input[index]:
+        return None
+    name = node.input[index]
+    if name in imp.raw:
+        return imp.raw[name]
+    return imp.require_const(node, index, f"input {name!r}")
+
+
+def _qdq_spec(imp: _Importer, node: onnx.NodeProto, fmt: str, shape: tuple[int, ...]) -> QuantSpec:
+    a = attrs_of(node)
+    return _spec(imp, node, fmt, imp.require_const(node, 1, "scale"), _operand(imp, node, 2), shape,
+                 int(a.get("axis", 1)), int(a.get("block_size", 0)), f"the quantizer of {node.input[0]!r}")
+
+
+def _dequantized_name(imp: _Importer, name: str) -> str:
+    return imp.fresh_value(name[:-len("_quantized")] if name.endswith("_quantized") else f"{name}_dequantized")
+
+
+def _add_dequantized(imp: _Importer, name: str, codes: np.ndarray, spec: QuantSpec) -> str:
+    """An annotated float constant holding the dequantized codes (so fake-quantizing it is exact)."""
+    if spec.format in ("int4", "uint4"):
+        codes = codes.astype(np.int8 if spec.format == "int4" else np.uint8)
+    imp.add_constant(name, dequantize(codes, spec))
+    imp.graph.values[name].quant = spec
+    return name
+
+
+def _claim_codes(imp: _Importer, node: onnx.NodeProto, name: str, spec: QuantSpec) -> None:
+    """`node`'s output `name` is an integer tensor whose float value is the IR value `name`."""
+    imp.graph.values[name].quant = spec
+    imp.codes[name] = _Codes(name, spec, imp.node_name)
+
+
+@converter("QuantizeLinear")
+def _quantize_linear(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Its float input, annotated (the codes alias it; only DequantizeLinear and QLinear ops read them)."""
+    a = attrs_of(node)
+    zero_point = _operand(imp, node, 2)
+    if zero_point is not None:
+        element = zero_point.dtype.name
+    elif a.get("output_dtype"):
+        element = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(a["output_dtype"])).name
+    else:
+        element = "uint8"
+    spec = _qdq_spec(imp, node, _format_of(imp, node, element, "its output"), imp.shape(node.input[0]))
+    if format_info(spec.format).is_float and not a.get("saturate", 1):
+        raise UnsupportedError(f"node {imp.node_name!r} (QuantizeLinear): saturate=0 is not supported "
+                               "(bitsmith's float formats saturate)")
+    if spec.granularity == "block" and imp.const(node.input[0]) is None:
+        raise UnsupportedError(f"node {imp.node_name!r} (QuantizeLinear): blocked quantization of a run-time value is "
+                               "not supported (bitsmith's block-quantized activations take their scales from the data)")
+    name = imp.annotate(node, node.input[0], spec, node.output[0])
+    imp.codes[node.output[0]] = _Codes(name, spec, imp.node_name)
+    imp.alias[node.output[0]] = name
+
+
+@converter("DequantizeLinear")
+def _dequantize_linear(imp: _Importer, node: onnx.NodeProto) -> None:
+    """A QuantizeLinear's codes: the annotated float value they stand for. A constant: the dequantized
+    float constant, annotated with the spec (int32 biases stay unannotated: no int32 format)."""
+    source, out = node.input[0], node.output[0]
+    codes = imp.codes.get(source)
+    if codes is not None:
+        if not codes.spec.dynamic and not _qdq_spec(imp, node, codes.spec.format, imp.shape(source)).same_as(codes.spec):
+            raise UnsupportedError(f"node {imp.node_name!r} (DequantizeLinear): it dequantizes {source!r} with other "
+                                   f"parameters than node {codes.node!r} quantized it with")
+        imp.alias[out] = codes.name
+        return
+    array = imp.raw.get(source, imp.const(source))
+    if array is None:
+        raise UnsupportedError(f"node {imp.node_name!r} (DequantizeLinear): its input {source!r} is neither a constant "
+                               "nor the output of QuantizeLinear or a QLinear op")
+    if array.dtype == np.int32:
+        scale = imp.require_const(node, 1, "scale")
+        zero_point = _operand(imp, node, 2)
+        axis = _axis(int(attrs_of(node).get("axis", 1)), array.ndim)
+        if scale.size > 1 and not (0 <= axis < array.ndim and scale.size == array.shape[axis]):
+            raise ModelError(f"node {imp.node_name!r} (DequantizeLinear): {scale.size} scales do not fit axis {axis} "
+                             f"of the {list(array.shape)} constant {source!r}")
+        shape = [-1 if d == axis else 1 for d in range(array.ndim)] if scale.size > 1 else []
+        ints = array.astype(np.int64) - (0 if zero_point is None else zero_point.astype(np.int64).reshape(shape))
+        imp.add_constant(out, (ints.astype(np.float32) * scale.reshape(shape)).astype(np.float32))
+        return
+    spec = _qdq_spec(imp, node, _format_of(imp, node, array.dtype.name, f"constant {source!r}"), array.shape)
+    _add_dequantized(imp, out, array, spec)
+
+
+def _qlinear_input(imp: _Importer, node: onnx.NodeProto, index: int, axis: int = 1) -> str:
+    """Operand `index` of a QLinear op, its scale and zero point at index + 1 and + 2: the float value
+    of an integer tensor, or a constant dequantized into an annotated float constant."""
+    name = node.input[index]
+    scale, zero_point = imp.require_const(node, index + 1, "scale"), _operand(imp, node, index + 2)
+    codes = imp.codes.get(name)
+    if codes is not None:
+        spec = _spec(imp, node, codes.spec.format, scale, zero_point, imp.shape(name), axis, 0, f"input {name!r}")
+        if not spec.same_as(codes.spec):
+            raise UnsupportedError(f"node {imp.node_name!r} ({node.op_type}): it reads {name!r} with other quantization "
+                                   f"parameters than node {codes.node!r} produced it with")
+        return codes.name
+    array = imp.const(name)
+    if array is None:
+        raise UnsupportedError(f"node {imp.node_name!r} ({node.op_type}): its input {name!r} is neither a constant nor "
+                               "a quantized tensor (the output of QuantizeLinear or a QLinear op)")
+    spec = _spec(imp, node, _format_of(imp, node, array.dtype.name, f"input {name!r}"), scale, zero_point,
+                 array.shape, axis, 0, f"input {name!r}")
+    return _add_dequantized(imp, _dequantized_name(imp, name), array, spec)
+
+
+def _qlinear_output_spec(imp: _Importer, node: onnx.NodeProto, index: int, out: str) -> QuantSpec:
+    scale, zero_point = imp.require_const(node, index, "output scale"), _operand(imp, node, index + 1)
+    element = "uint8" if zero_point is None else zero_point.dtype.name
+    return _spec(imp, node, _format_of(imp, node, element, "its output"), scale, zero_point,
+                 imp.graph.values[out].shape, 1, 0, "its output")
+
+
+def _int32_bias(imp: _Importer, node: onnx.NodeProto, index: int, scale: np.ndarray) -> str:
+    """An int32 bias (added to the int32 accumulator, so its scale is the product's) as float."""
+    codes = imp.require_const(node, index, "bias")
+    if codes.dtype != np.int32:
+        raise UnsupportedError(f"node {imp.node_name!r} ({node.op_type}): bias of type {codes.dtype.name}, not int32")
+    name = _dequantized_name(imp, node.input[index])
+    imp.add_constant(name, (codes.astype(np.float32) * scale.astype(np.float32)).astype(np.float32))
+    return name
+
+
+@converter("QLinearConv")
+def _qlinear_conv(imp: _Importer, node: onnx.NodeProto) -> None:
+    inputs = [_qlinear_input(imp, node, 0), _qlinear_input(imp, node, 3, axis=0)]
+    if len(node.input) > 8 and node.input[8]:
+        scale = imp.require_const(node, 1, "scale") * imp.require_const(node, 4, "weight scale")
+        inputs.append(_int32_bias(imp, node, 8, scale))
+    attrs = _spatial_attrs(imp, node, list(imp.graph.values[inputs[1]].shape[2:]))
+    attrs["group"] = int(attrs_of(node).get("group", 1))
+    out = node.output[0]
+    imp.emit("Conv", inputs, attrs, [out])
+    _claim_codes(imp, node, out, _qlinear_output_spec(imp, node, 6, out))
+
+
+@converter("QLinearMatMul")
+def _qlinear_matmul(imp: _Importer, node: onnx.NodeProto) -> None:
+    a_rank, b_rank = len(imp.shape(node.input[0])), len(imp.shape(node.input[3]))
+    lhs = _qlinear_input(imp, node, 0, axis=max(a_rank - 2, 0))  # per row
+    rhs = _qlinear_input(imp, node, 3, axis=b_rank - 1)          # per column
+    out = node.output[0]
+    imp.emit("MatMul", [lhs, rhs], {}, [out])
+    _claim_codes(imp, node, out, _qlinear_output_spec(imp, node, 6, out))
+
+
+@converter("QGemm", domain="com.microsoft")
+def _qgemm(imp: _Importer, node: onnx.NodeProto) -> None:
+    """ONNX Runtime's quantized Gemm: alpha * A' B' + C, C int32 with scale alpha * a_scale * b_scale;
+    the output is quantized when y_scale is given, float otherwise."""
+    a = attrs_of(node)
+    alpha, trans_a, trans_b = float(a.get("alpha", 1.0)), int(a.get("transA", 0)), int(a.get("transB", 0))
+    out = node.output[0]
+    lhs = _qlinear_input(imp, node, 0, axis=1 if trans_a else 0)
+    rhs = _qlinear_input(imp, node, 3, axis=0 if trans_b else 1)
+    if trans_a:
+        lhs = imp.emit("Transpose", [lhs], {"perm": [1, 0]}, [imp.fresh_value(f"{out}_At")])[0]
+    if trans_b:
+        rhs = imp.emit("Transpose", [rhs], {"perm": [1, 0]}, [imp.fresh_value(f"{out}_Bt")])[0]
+    has_bias = len(node.input) > 6 and bool(node.input[6])
+    result = imp.emit("MatMul", [lhs, rhs], {}, [out if alpha == 1.0 and not has_bias else imp.fresh_value(f"{out}_mm")])[0]
+    if alpha != 1.0:
+        factor = imp.fresh_value(f"{out}_alpha")
+        imp.add_constant(factor, np.array(alpha, np.float32))
+        result = imp.emit("Mul", [result, factor], {}, [out if not has_bias else imp.fresh_value(f"{out}_scaled")])[0]
+    if has_bias:
+        scale = np.float32(alpha) * imp.require_const(node, 1, "scale") * imp.require_const(node, 4, "weight scale")
+        imp.emit("Add", [result, _int32_bias(imp, node, 6, scale)], {}, [out])
+    if len(node.input) > 7 and node.input[7]:
+        _claim_codes(imp, node, out, _qlinear_output_spec(imp, node, 7, out))
+
+
+@converter("QLinearAdd", domain="com.microsoft")
+def _qlinear_add(imp: _Importer, node: onnx.NodeProto) -> None:
+    out = node.output[0]
+    imp.emit("Add", [_qlinear_input(imp, node, 0), _qlinear_input(imp, node, 3)], {}, [out])
+    _claim_codes(imp, node, out, _qlinear_output_spec(imp, node, 6, out))
+
+
+@converter("QLinearGlobalAveragePool", domain="com.microsoft")
+def _qlinear_global_average_pool(imp: _Importer, node: onnx.NodeProto) -> None:
+    if attrs_of(node).get("channels_last", 0):
+        raise UnsupportedError(f"node {imp.node_name!r} (QLinearGlobalAveragePool): channels_last=1 is not supported")
+    out = node.output[0]
+    imp.emit("GlobalAveragePool", [_qlinear_input(imp, node, 0)], {}, [out])
+    _claim_codes(imp, node, out, _qlinear_output_spec(imp, node, 3, out))
+
+
+@converter("QLinearSoftmax", domain="com.microsoft")
+def _qlinear_softmax(imp: _Importer, node: onnx.NodeProto) -> None:
+    a = attrs_of(node)
+    out = node.output[0]
+    _emit_softmax(imp, "Softmax", _qlinear_input(imp, node, 0), a.get("axis"), int(a.get("opset", imp.opset)), out)
+    _claim_codes(imp, node, out, _qlinear_output_spec(imp, node, 3, out))
+
+
+@converter("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(imp: _Importer, node: onnx.NodeProto) -> None:
+    """Its input, annotated with a dynamic uint8 spec; the scale and zero point outputs are only read
+    inside the matched integer-op patterns (`_match_integer_ops`), which fold them away."""
+    spec = QuantSpec("uint8", 8, "tensor", symmetric=False, dynamic=True)
+    name = imp.annotate(node, node.input[0], spec, node.output[0])
+    imp.codes[node.output[0]] = _Codes(name, spec, imp.node_name)
+    imp.alias[node.output[0]] = name
+
+
+def _channel_vector(imp: _Importer, node: onnx.NodeProto, array: np.ndarray, rank: int, axis: int,
+                    what: str) -> np.ndarray:
+    """A scale or zero point that broadcasts against a rank-`rank` result along `axis` only, as a scalar
+    or 1-D array."""
+    if array.size == 1:
+        return array.reshape(())
+    dims = (1,) * (rank - array.ndim) + tuple(array.shape)
+    if len(dims) != rank or any(d != 1 for i, d in enumerate(dims) if i != axis):
+        raise UnsupportedError(f"node {imp.node_name!r} ({node.op_type}): {what} of shape {list(array.shape)} does not "
+                               "scale the output channels")
+    return array.reshape(-1)
+
+
+@converter("ConvInteger", "MatMulInteger")
+def _integer_op(imp: _Importer, node: onnx.NodeProto) -> None:
+    """The matched pattern DynamicQuantizeLinear -> op -> Cast -> Mul(x_scale * w_scale) as a float
+    Conv / MatMul of the dynamically quantized input and the dequantized weight.
+
+    onnx.quantize's int32 bias, Floor(b / (x_scale * w_scale)), is rounded with the run-time scale;
+    the IR keeps the float bias b, which differs from it by less than one accumulator step
+    (x_scale * w_scale) per output channel."""
+    match = imp.integer_ops[node.output[0]]
+    conv = node.op_type == "ConvInteger"
+    codes = imp.require_const(node, 1, "weight")
+    w_zero = _operand(imp, node, 3)
+    w_scale = imp.const(match.weight_scale)
+    if w_scale is None:
+        raise UnsupportedError(f"node {imp.node_name!r} ({node.op_type}): its weight scale {match.weight_scale!r} is "
+                               "computed at run time")
+    x = imp.resolve(node.input[0])
+    rank = len(imp.graph.values[x].shape) if conv else max(len(imp.graph.values[x].shape), codes.ndim)
+    out_axis, w_axis = (1, 0) if conv else (rank - 1, codes.ndim - 1)
+    scale = _channel_vector(imp, node, w_scale, rank, out_axis, "the weight scale")
+    zero = None if w_zero is None else (w_zero.reshape(()) if w_zero.size == 1 else w_zero.reshape(-1))
+    if zero is not None and zero.size > 1 and scale.size == 1:
+        scale = np.broadcast_to(scale, zero.shape).copy()
+    spec = _spec(imp, node, _format_of(imp, node, codes.dtype.name, "the weight"), scale, zero, codes.shape, w_axis, 0,
+                 "the weight")
+    weight = _add_dequantized(imp, _dequantized_name(imp, node.input[1]), codes, spec)
+    bias = None if match.bias is None else imp.const(match.bias)
+    if match.bias is not None and bias is None:
+        raise UnsupportedError(f"node {imp.node_name!r} ({node.op_type}): its bias {match.bias!r} is computed at run time")
+    if conv:
+        attrs = _spatial_attrs(imp, node, list(codes.shape[2:]))
+        attrs["group"] = int(attrs_of(node).get("group", 1))
+        inputs = [x, weight]
+        if bias is not None:
+            if bias.size != codes.shape[0]:
+                raise UnsupportedError(f"node {imp.node_name!r} (ConvInteger): its bias has {bias.size} values for "
+                                       f"{codes.shape[0]} output channels")
+            bias_name = imp.fresh_value(f"{match.bias}_bias")
+            imp.add_constant(bias_name, bias.reshape(-1).astype(np.float32))
+            inputs.append(bias_name)
+        imp.emit("Conv", inputs, attrs, [match.output])
+        return
+    product = match.output if bias is None else imp.fresh_value(f"{match.output}_matmul")
+    imp.emit("MatMul", [x, weight], {}, [product])
+    if bias is not None:
+        imp.emit("Add", [product, imp.resolve(match.bias)], {}, [match.output])
+
+
+def _match_integer_ops(imp: _Importer) -> None:
+    """Match every ConvInteger / MatMulInteger to the pattern
+    DynamicQuantizeLinear(x) -> op(x_q, w, x_zp, w_zp) [-> Add(Reshape(Cast(Floor(Div(b, Mul(x_scale, w_scale))))))]
+    -> Cast(float) -> Mul(., Mul(x_scale, w_scale)); the Casts, Muls and bias nodes are absorbed (not
+    converted: `_integer_op` emits the whole pattern). Every output of a DynamicQuantizeLinear must be
+    read inside matched patterns (or by a DequantizeLinear of all three). Anything else is an
+    UnsupportedError naming the node."""
+    nodes = list(imp.proto.graph.node)
+    index_of = {id(node): i for i, node in enumerate(nodes)}
+    producer = {out: node for node in nodes for out in node.output if out}
+
+    def label(node: onnx.NodeProto) -> str:
+        return node.name or f"{node.op_type}_{index_of[id(node)]}"
+
+    def only_reader(name: str) -> onnx.NodeProto | None:
+        readers = imp.onnx_consumers.get(name, [])
+        return readers[0] if len(readers) == 1 and name not in imp.onnx_outputs else None
+
+    def made_by(name: str, op: str, reader: onnx.NodeProto) -> onnx.NodeProto | None:
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op and only_reader(name) is reader else None
+
+    def scale_product(name: str, reader: onnx.NodeProto, dql: onnx.NodeProto) -> tuple[str, onnx.NodeProto] | None:
+        """Mul(x_scale, w_scale) read only by `reader`: (w_scale, the Mul)."""
+        mul = made_by(name, "Mul", reader)
+        if mul is None or dql.output[1] not in mul.input:
+            return None
+        other = [n for n in mul.input if n != dql.output[1]]
+        return (other[0], mul) if len(other) == 1 else None
+
+    claimed: set[int] = set()
+    for node in nodes:
+        if node.op_type not in ("ConvInteger", "MatMulInteger") or _converter_key(node) != node.op_type:
+            continue
+
+        def fail(reason: str) -> None:
+            raise UnsupportedError(f"{imp.source}: node {label(node)!r} ({node.op_type}): {reason}; bitsmith imports "
+                                   f"{node.op_type} only in the pattern {_INTEGER_PATTERN.format(op=node.op_type)}")
+        dql = producer.get(node.input[0])
+        if dql is None or dql.op_type != "DynamicQuantizeLinear":
+            fail(f"its input {node.input[0]!r} does not come from DynamicQuantizeLinear")
+        if len(node.input) < 3 or node.input[2] != dql.output[2]:
+            fail("its input zero point is not the one DynamicQuantizeLinear computed")
+        absorbed: list[onnx.NodeProto] = []
+        value, reader, bias = node.output[0], only_reader(node.output[0]), None
+        if reader is not None and reader.op_type == "Add":
+            add = reader
+            other = add.input[1] if add.input[0] == value else add.input[0]
+            reshape = made_by(other, "Reshape", add)
+            cast = made_by(reshape.input[0] if reshape is not None else other, "Cast", reshape or add)
+            floor = made_by(cast.input[0], "Floor", cast) if cast is not None else None
+            div = made_by(floor.input[0], "Div", floor) if floor is not None else None
+            product = scale_product(div.input[1], div, dql) if div is not None else None
+            if cast is None or attrs_of(cast).get("to") != onnx.TensorProto.INT32 or product is None:
+                fail("its output is added to something other than an int32 bias Floor(b / (x_scale * w_scale))")
+            bias, bias_scale = div.input[0], product[0]
+            absorbed += [n for n in (reshape, cast, floor, div, product[1], add) if n is not None]
+            value, reader = add.output[0], only_reader(add.output[0])
+        if reader is None or reader.op_type != "Cast" or attrs_of(reader).get("to") != onnx.TensorProto.FLOAT:
+            fail("its result is not read by one Cast to float only")
+        mul = only_reader(reader.output[0])
+        if mul is None or mul.op_type != "Mul":
+            fail("the Cast to float is not followed by a Mul only")
+        other = mul.input[1] if mul.input[0] == reader.output[0] else mul.input[0]
+        product = scale_product(other, mul, dql)
+        if product is None:
+            fail("its float result is not multiplied by DynamicQuantizeLinear's scale times a weight scale")
+        if bias is not None and bias_scale != product[0]:
+            fail(f"its bias is quantized with weight scale {bias_scale!r}, its output with {product[0]!r}")
+        absorbed += [reader, mul, product[1]]
+        imp.integer_ops[node.output[0]] = _IntegerMatch(product[0], bias, mul.output[0])
+        claimed.update(index_of[id(n)] for n in absorbed)
+    for dql in nodes:
+        if dql.op_type != "DynamicQuantizeLinear":
+            continue
+        for out in dql.output:
+            if out in imp.onnx_outputs:
+                raise UnsupportedError(f"{imp.source}: graph output {out!r} is an output of DynamicQuantizeLinear node "
+                                       f"{label(dql)!r}; bitsmith imports DynamicQuantizeLinear only in the pattern "
+                                       f"{_INTEGER_PATTERN.format(op='ConvInteger/MatMulInteger')}")
+            for reader in imp.onnx_consumers.get(out, []):
+                matched = (index_of[id(reader)] in claimed
+                           or (reader.op_type in ("ConvInteger", "MatMulInteger") and reader.output[0] in imp.integer_ops
+                               and out != dql.output[1])
+                           or (reader.op_type == "DequantizeLinear" and list(reader.input[:3]) == list(dql.output)))
+                if not matched:
+                    raise UnsupportedError(
+                        f"{imp.source}: node {label(reader)!r} ({reader.op_type}) reads {out!r}, an output of "
+                        f"DynamicQuantizeLinear node {label(dql)!r}; bitsmith imports DynamicQuantizeLinear only in the "
+                        f"pattern {_INTEGER_PATTERN.format(op='ConvInteger/MatMulInteger')}")
+    imp.absorbed = claimed
