@@ -3,8 +3,9 @@
     graph = quantize(graph, preset("w8a8"), calibration)      # QuantSpecs on weights and activations
 
 Order: fold BatchNorm -> algorithms that rescale weights and activations (SmoothQuant, AWQ) ->
-weight specs -> algorithms that rewrite weights on a fixed grid (GPTQ) -> activation calibration ->
-bias correction. Each step is a pass in bitsmith.passes; the recipe says which run.
+weight specs -> algorithms that rewrite weights on a fixed grid or refine weight specs (GPTQ, FP
+format search) -> activation calibration -> algorithms that refine activation specs or biases (FP
+format search, bias correction). Each step is a pass in bitsmith.passes; the recipe says which run.
 """
 
 from __future__ import annotations
@@ -15,17 +16,52 @@ import numpy as np
 
 from .errors import UsageError
 from .ir import Graph
+from .passes.awq import AWQ
 from .passes.base import Pass
 from .passes.bias_correction import BiasCorrection
 from .passes.calibrate import Calibrate, check_calibration_feeds
 from .passes.fold_batchnorm import FoldBatchNorm
+from .passes.fp_search import FPSearchActivations, FPSearchWeights, parse_formats
+from .passes.gptq import GPTQ
 from .passes.quant_points import check_ties
 from .passes.quantize_weights import QuantizeWeights
+from .passes.smoothquant import SmoothQuant
 from .recipes import QuantRecipe
 
 Feeds = list[Mapping[str, np.ndarray]]
-# name -> (stage, factory(recipe, calibration feeds) -> Pass)
+
+
+def _smoothquant(recipe: QuantRecipe, feeds: Feeds) -> Pass:
+    return SmoothQuant(feeds, alpha=float(recipe.options.get("smoothquant_alpha", 0.5)))
+
+
+def _awq(recipe: QuantRecipe, feeds: Feeds) -> Pass:
+    if recipe.weights is None:
+        raise UsageError(f"recipe {recipe.name!r} runs AWQ but quantizes no weights; set recipe.weights")
+    return AWQ(feeds, recipe.weights, recipe.weight_granularity, recipe.weight_block_size)
+
+
+def _gptq(recipe: QuantRecipe, feeds: Feeds) -> Pass:
+    return GPTQ(feeds, act_order=bool(recipe.options.get("gptq_act_order", 0)))
+
+
+def _fp_search_weights(recipe: QuantRecipe, feeds: Feeds) -> Pass:
+    return FPSearchWeights(feeds, parse_formats(recipe.options.get("fp_search_formats")))
+
+
+def _fp_search_activations(recipe: QuantRecipe, feeds: Feeds) -> Pass:
+    return FPSearchActivations(feeds, parse_formats(recipe.options.get("fp_search_formats")))
+
+
+# name -> (stage, factory(recipe, calibration feeds) -> Pass). Recipe options they read:
+# smoothquant_alpha (0.5), gptq_act_order (0), fp_search_formats (comma-separated format names;
+# default: the FP formats of each tensor's bit width).
 ALGORITHMS: dict[str, tuple[str, Callable[[QuantRecipe, Feeds], Pass]]] = {
+    "smoothquant": ("before_weights", _smoothquant),
+    "awq": ("before_weights", _awq),
+    "gptq": ("after_weights", _gptq),
+    "fp_search_weights": ("after_weights", _fp_search_weights),
+    "fp_search_activations": ("after_calibration", _fp_search_activations),
     "bias_correction": ("after_calibration", lambda recipe, feeds: BiasCorrection(feeds)),
 }
 STAGES = ("before_weights", "after_weights", "after_calibration")

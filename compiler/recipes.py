@@ -31,7 +31,7 @@ class QuantRecipe:
     activation_symmetric: bool = False
     activation_observer: str = "mse"
     algorithms: tuple[str, ...] = ()
-    options: dict[str, float] = field(default_factory=dict)
+    options: dict[str, float | str] = field(default_factory=dict)
 
     def with_(self, **changes: object) -> "QuantRecipe":
         return replace(self, **changes)  # type: ignore[arg-type]
