@@ -5,6 +5,11 @@
                                 output_dir="out/model")
     outputs = artifact.run({"input": x})
     same = bitsmith.Artifact.load("out/model")      # verifies every file's SHA-256 before loading code
+
+    graph = bitsmith.load_model("model.onnx", {"input": (8, 3, 224, 224)})      # the typed IR
+    q = bitsmith.quantize(graph, bitsmith.preset("w8a8"), calibration_batches)  # annotated with QuantSpecs
+    bitsmith.Simulator(q).run({"input": x})                                    # fake-quantized execution
+    bitsmith.export_onnx(q, "model_qdq.onnx")                                  # QDQ ONNX for ONNX Runtime
 """
 
 __version__ = "0.1.0"
@@ -14,10 +19,15 @@ from .errors import (  # noqa: E402
     ArtifactError, BitsmithError, BudgetError, BuildError, DataError, GateFailed, ModelError, OutputError,
     UnsupportedError, UsageError,
 )
-from .pipeline import compile_model as compile  # noqa: E402
+from .pipeline import compile_model as compile, load_model  # noqa: E402
+from .quantize import quantize  # noqa: E402
+from .recipes import PRESETS, QuantRecipe, preset  # noqa: E402
+from .simulate import Simulator  # noqa: E402
+from .backends.onnx_qdq import export_onnx, ort_runnable  # noqa: E402
 
 __all__ = [
-    "Artifact", "TensorSpec", "compile", "__version__",
+    "Artifact", "TensorSpec", "compile", "load_model", "quantize", "preset", "PRESETS", "QuantRecipe", "Simulator",
+    "export_onnx", "ort_runnable", "__version__",
     "BitsmithError", "UsageError", "ModelError", "UnsupportedError", "DataError", "BudgetError",
     "ArtifactError", "BuildError", "OutputError", "GateFailed",
 ]

@@ -30,6 +30,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 BITSMITH_CONFIGS = ("w8a8", "w8_weight_only", "w4a8", "fp8_e4m3", "mxfp4_weights")
 ORT_CONFIGS = {"ort_minmax_w8a8": "MinMax", "ort_entropy_w8a8": "Entropy", "ort_percentile_w8a8": "Percentile"}
 W8A8_OBSERVERS = ("percentile", "mse", "entropy", "minmax")
+SMOOTHQUANT_ALPHAS = (0.5, 0.7)
 
 Outputs = list[dict[str, np.ndarray]]
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -109,17 +110,28 @@ def evaluate(run: Runner, feeds: list[dict[str, np.ndarray]]) -> Outputs:
 
 # -- bitsmith ---------------------------------------------------------------------------------------
 def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outputs) -> tuple[QuantRecipe, dict]:
-    """bitsmith's best W8A8 calibration, chosen on held-out *calibration* data (never on eval data)."""
-    scores = {}
-    for observer in W8A8_OBSERVERS:
-        recipe = PRESETS["w8a8"].with_(activation_observer=observer)
-        sim = Simulator(quantize(graph, recipe, calib))
-        scores[observer] = task.metric(task, holdout_fp32, evaluate(sim.run, holdout),
-                                       metric_extra(task, "calib", len(holdout) + len(calib))[len(calib):])
+    """bitsmith's best W8A8 recipe, chosen on held-out *calibration* data (never on evaluation data):
+    first the activation observer, then (models with LayerNorm, i.e. transformers) SmoothQuant's alpha."""
+    extra = metric_extra(task, "calib", len(holdout) + len(calib))[len(calib):]
     key = _primary(task)
     better = max if key in ("cosine", "accuracy", "agree_with_fp32") else min
-    chosen = better(scores, key=lambda o: scores[o][key])
-    return PRESETS["w8a8"].with_(activation_observer=chosen), {o: s[key] for o, s in scores.items()}
+
+    def score(recipe: QuantRecipe) -> float:
+        sim = Simulator(quantize(graph, recipe, calib))
+        return task.metric(task, holdout_fp32, evaluate(sim.run, holdout), extra)[key]
+
+    candidates = {f"observer={o}": PRESETS["w8a8"].with_(activation_observer=o) for o in W8A8_OBSERVERS}
+    scores = {name: score(recipe) for name, recipe in candidates.items()}
+    chosen = better(scores, key=scores.get)
+    if "LayerNormalization" in graph.op_counts():
+        base = candidates[chosen]
+        for alpha in SMOOTHQUANT_ALPHAS:
+            name = f"{chosen}+smoothquant(alpha={alpha})"
+            candidates[name] = base.with_(algorithms=("smoothquant", *base.algorithms),
+                                          options={**base.options, "smoothquant_alpha": alpha})
+            scores[name] = score(candidates[name])
+        chosen = better(scores, key=scores.get)
+    return candidates[chosen].with_(name=f"w8a8[{chosen}]"), scores
 
 
 def _primary(task: Task) -> str:
@@ -164,8 +176,8 @@ def run_task(task: Task, workdir: Path, log) -> dict:
 
     start = time.perf_counter()
     w8a8, observer_scores = best_w8a8(graph, task, calib, holdout, evaluate(fp32_sim.run, holdout))
-    result["w8a8_observer"] = {"chosen": w8a8.activation_observer, "holdout_scores": observer_scores}
-    log(f"{task.model}: w8a8 observer {w8a8.activation_observer} ({time.perf_counter() - start:.0f}s)")
+    result["w8a8_selection"] = {"chosen": w8a8.name, "metric": _primary(task), "holdout_scores": observer_scores}
+    log(f"{task.model}: {w8a8.name} ({time.perf_counter() - start:.0f}s)")
     for name in BITSMITH_CONFIGS:
         recipe = w8a8 if name == "w8a8" else PRESETS[name]
         start = time.perf_counter()
@@ -189,7 +201,7 @@ def render(doc: dict) -> str:
         keys = [k for k in r["configs"]["fp32"] if k != "confident_samples"]
         lines += [f"## {model}", "",
                   f"{r['eval_samples']} evaluation samples, {r['calib_samples']} calibration samples; "
-                  f"w8a8 activation observer chosen on held-out calibration data: **{r['w8a8_observer']['chosen']}**.", "",
+                  f"w8a8 recipe chosen on held-out calibration data: **{r['w8a8_selection']['chosen']}**.", "",
                   "| config | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for config, m in r["configs"].items():
             lines.append(f"| {config} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |")
