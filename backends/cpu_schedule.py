@@ -1,26 +1,27 @@
 """Default CPU schedules for the PrimFuncs of a fused Relax module: no tuning, one deterministic choice.
 
 TVM 0.27's default llvm pipeline leaves every PrimFunc as naive loop nests (one core, no vectors),
-which runs convolutions ~100x slower than ONNX Runtime. `ScheduleCPU(vector_bits, registers)` is a
-module pass that schedules each PrimFunc with the first rule that applies:
+which runs convolutions ~100x slower than ONNX Runtime. `ScheduleCPU(cpu)` is a module pass that
+schedules each PrimFunc with the first rule that applies:
 
-1. **tiled reduction** (conv, matmul, pooling, reductions whose output's innermost axis is wide):
-   the output is tiled as [outer spatial..., rows/rows_tile, cols/cols_tile] x [reduction loops] x
-   [rows_tile (unrolled), cols_tile (vectorized)], where `cols` is the spatial axis indexing the
-   output's innermost (contiguous) dimension and `rows` the next one. The rows_tile x cols_tile
-   accumulator lives in a local buffer (registers), the outer tile loops run in parallel, and the
-   fused elementwise epilogue (bias, activation, residual add) is computed per tile.
-   Producers that only copy (a pad that pads nothing, a reshape) are inlined; real pads stay
-   separate (materialized once, in parallel) so the inner loop has no boundary tests.
-2. **row reductions** (softmax, layer norm): dlight's CPU `Reduction` rule (parallel rows,
-   vectorized elementwise parts).
-3. **everything else** (elementwise, broadcast, transpose, gather, small reductions): each block's
-   spatial loops are fused, split into a parallel outer loop and a vectorized inner loop when the
-   innermost extent allows.
+1. **tiled reduction** (conv, matmul, pooling; one reduction block whose output's innermost axis is
+   wide): the output is tiled as [outer spatial..., cols/cols_tile, rows/rows_tile] x [reduction
+   loops] x [rows_tile (unrolled), cols_tile (vectorized)], where `cols` is the spatial axis indexing
+   the output's innermost (contiguous) dimension and `rows` the next one. The rows_tile x cols_tile
+   accumulator lives in a local buffer (registers), the outer tile loops run in parallel, and a
+   fused elementwise epilogue (bias, activation, residual add) is computed per tile. Producers that
+   only copy are inlined; real pads stay a separate padded copy unless the reduction is short
+   (depthwise convolution, pooling). The weights are re-laid out in the order the tile loops read
+   them (`pack_weights`, a once-per-weight-set transform: see x86.py).
+2. **every block on its own** (elementwise, transposes, gathers, softmax, norms, other reductions):
+   injective blocks run their outer loops in parallel and the innermost loop in vectors; a
+   reduction over the innermost axis accumulates a vector of partial results (rfactor) and reduces
+   it at the end; other reductions run in parallel over their leading spatial loops.
 
-A rule that fails on some PrimFunc leaves that function as it was (correct, only slower), so a
-schedule can cost speed but never correctness. Convolutions reach this pass in NHWC layout (see
-x86.py), where `cols` is the output channel: weights load as vectors, inputs broadcast.
+A rule that fails on some PrimFunc falls through to the next, and the last leaves it as it was
+(correct, only slower): a schedule can cost speed but never correctness. Convolutions reach this
+pass in NHWC layout (x86.py), where `cols` is the output channel: weights load as vectors, inputs
+broadcast. Measured against ONNX Runtime on the zoo models: see the report in x86.py.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ from dataclasses import dataclass
 import tvm_ffi
 from tvm import ir, s_tir, tirx
 from tvm.ir.transform import PassContext, module_pass
-from tvm.s_tir import dlight
-from tvm.target import Target
+from tvm.s_tir import meta_schedule
 
 log = logging.getLogger(__name__)
 
 # Below this many output elements x reduction steps, a kernel runs on one thread (fork/join costs more).
 PARALLEL_MIN_WORK = 1 << 14
+# Pads are inlined into reductions this short (depthwise convolutions, pooling): a separate padded
+# copy of the input costs more than the boundary tests there. Longer reductions read a padded copy.
+INLINE_PAD_MAX_REDUCTION = 25
+# Loops longer than this are never unrolled (code size and LLVM compile time).
+MAX_UNROLL = 32
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def _is_scheduled(func: tirx.PrimFunc) -> bool:
 
 def schedule_prim_func(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
     """The scheduled function, or None when no rule applies (the caller keeps the original)."""
-    for rule in (schedule_tiled_reduction, schedule_row_reduction, schedule_loops):
+    for rule in (schedule_tiled_reduction, schedule_loops):
         try:
             scheduled = rule(func, cpu)
         except Exception as exc:  # a schedule primitive refused: try the next rule
@@ -160,86 +165,152 @@ def _choose_cols_tile(extent: int, lanes: int) -> int:
 
 
 def _choose_rows_tile(extent: int, limit: int) -> int:
-    """Unrolled tile: the largest divisor of `extent` not above `limit`."""
-    return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
+    """Unrolled tile: the largest divisor of `extent` not above `limit`, or `limit` itself (the last
+    tile then runs partly empty) when every divisor is below half of it (508 = 4 x 127)."""
+    limit = min(extent, limit)
+    divisor = max(d for d in range(1, limit + 1) if extent % d == 0)
+    return divisor if 2 * divisor >= limit else limit
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """How the anchor block's output is tiled: `cols` (vectorized) and `rows` (unrolled) iter vars."""
+
+    cols_var: tirx.Var
+    cols_tile: int
+    rows_var: tirx.Var | None
+    rows_tile: int
 
 
 def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
+    """Rule 1 (see the module docstring); None when the function has no suitable anchor block."""
     sch = s_tir.Schedule(func)
-    reductions = [b for b in _blocks(sch) if _is_reduction(sch, b)]
-    if len(reductions) != 1:
+    parts = _anchor_with_neighbours(sch)
+    if parts is None:
         return None
-    anchor = reductions[0]
-    anchor_name = sch.get(anchor).name_hint
-    padding_blocks = {sch.get(b).name_hint for b in _blocks(sch)
-                      if b != anchor and _has_if_then_else(sch, b) and not _is_reduction(sch, b)}
-    _inline_producers(sch, keep={anchor_name} | padding_blocks | set(_output_block_names(sch)))
-    blocks = _blocks(sch)
-    anchor = sch.get_sblock(anchor_name)
-    position = [sch.get(b).name_hint for b in blocks].index(anchor_name)
-    producers, consumers = blocks[:position], blocks[position + 1:]
-    if len(consumers) > 1:
+    anchor, producers, consumers = parts
+    loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
+    lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
+    tiling = None if loop_of_iter is None else _plan_tiling(sch, anchor, loop_of_iter, cpu, lanes)
+    if tiling is None:
         return None
-
-    stmt = sch.get(anchor)
-    kinds = _iter_kinds(sch, anchor)
-    loops = sch.get_loops(anchor)
-    if len(loops) != len(kinds) or "O" in kinds:
-        return None
-    loop_of_iter = _loop_of_iter(sch, anchor, loops)
-    if loop_of_iter is None:
-        return None
-    axis_iters = [v for v in _output_axis_iters(sch, anchor) if v is not None]
-    wide = [v for v in axis_iters if _extent(sch, loop_of_iter[v]) not in (None, 1)]
-    if not wide:
-        return None
-    cols_var = axis_iters[-1]
-    cols_extent = _extent(sch, loop_of_iter[cols_var])
-    dtype_bits = stmt.writes[0].source.dtype.bits
-    lanes = cpu.lanes(dtype_bits)
-    if cols_extent is None or cols_extent < min(lanes, 4):
-        return None
-    rows_candidates = [v for v in axis_iters[:-1] if _extent(sch, loop_of_iter[v]) not in (None, 1)]
-    rows_var = rows_candidates[-1] if rows_candidates else None
-
-    cols_tile = _choose_cols_tile(cols_extent, lanes)
-    vectors_per_row = -(-cols_tile // lanes)
-    rows_tile = 1
-    if rows_var is not None:
-        rows_tile = _choose_rows_tile(_extent(sch, loop_of_iter[rows_var]), max(cpu.accumulator_budget // vectors_per_row, 1))
-
-    spatial = [loop_of_iter[iv.var] for iv, k in zip(stmt.iter_vars, kinds) if k == "S"]
-    reduce = [loop_of_iter[iv.var] for iv, k in zip(stmt.iter_vars, kinds) if k == "R"]
-    cols_outer, cols_inner = sch.split(loop_of_iter[cols_var], factors=[None, cols_tile])
-    if rows_var is not None:
-        rows_outer, rows_inner = sch.split(loop_of_iter[rows_var], factors=[None, rows_tile])
-    outer = [l for l in spatial if not (l.same_as(loop_of_iter[cols_var]) or
-                                        (rows_var is not None and l.same_as(loop_of_iter[rows_var])))]
-    tile_outer = outer + ([rows_outer] if rows_var is not None else []) + [cols_outer]
-    tile_inner = ([rows_inner] if rows_var is not None else []) + [cols_inner]
-    sch.reorder(*tile_outer, *reduce, *tile_inner)
-    tile_loop = tile_outer[-1]
-
     work = _total_work(sch, anchor)
-    if consumers:
-        sch.reverse_compute_at(consumers[0], tile_loop, preserve_unit_loops=True)
-        sch.set_scope(anchor, 0, "local")
-        epilogue = consumers[0]
-    else:
-        epilogue = sch.cache_write(anchor, 0, "local")
-        sch.reverse_compute_at(epilogue, tile_loop, preserve_unit_loops=True)
-    _vectorize_tile(sch, epilogue, len(tile_outer))
-    if rows_var is not None:
-        sch.unroll(rows_inner)
-    _vectorize_in_registers(sch, cols_inner, cols_tile, lanes)
+    tile_outer, tile_inner, reduce = _tile_loops(sch, anchor, loop_of_iter, tiling)
+    tiled_epilogue = bool(consumers) and _same_output_shape(sch, anchor, consumers[0])
+    _place_epilogue(sch, anchor, consumers[0] if tiled_epilogue else None, tile_outer, lanes)
+    if tiling.rows_var is not None:
+        sch.unroll(tile_inner[0])
+    _vectorize_in_registers(sch, tile_inner[-1], tiling.cols_tile, lanes)
     if work >= PARALLEL_MIN_WORK:
         sch.parallel(sch.fuse(*tile_outer))
     if reduce:  # after parallel: a decomposed update block no longer passes the parallel check
-        init = sch.decompose_reduction(anchor, reduce[0])
-        _vectorize_tile(sch, init, 1)
-    for block in producers:
+        _vectorize_tile(sch, sch.decompose_reduction(anchor, reduce[0]), 1, lanes)
+    for block in producers + ([] if tiled_epilogue else consumers):
         _parallel_vectorize(sch, block, lanes)
-    return sch.mod["main"]
+    return pack_weights(sch.mod["main"])
+
+
+def _anchor_with_neighbours(sch: s_tir.Schedule):
+    """(anchor, producers, consumers) after inlining copies, or None unless there is exactly one
+    reduction block with at most one consumer. Pads stay separate for long reductions."""
+    reductions = [b for b in _blocks(sch) if _is_reduction(sch, b)]
+    if len(reductions) != 1:
+        return None
+    anchor_name = sch.get(reductions[0]).name_hint
+    keep = {anchor_name, *_output_block_names(sch)}
+    if _reduction_extent(sch, reductions[0]) > INLINE_PAD_MAX_REDUCTION:
+        keep |= {sch.get(b).name_hint for b in _blocks(sch) if _has_if_then_else(sch, b) and not _is_reduction(sch, b)}
+    _inline_producers(sch, keep)
+    blocks = _blocks(sch)
+    position = [sch.get(b).name_hint for b in blocks].index(anchor_name)
+    anchor = sch.get_sblock(anchor_name)
+    kinds = _iter_kinds(sch, anchor)
+    if len(blocks) - position > 2 or "O" in kinds or len(sch.get_loops(anchor)) != len(kinds):
+        return None
+    return anchor, blocks[:position], blocks[position + 1:]
+
+
+def _plan_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, lanes: int) -> _Tiling | None:
+    """cols = the iter var of the output's innermost axis, rows = the next wide one; tile sizes that
+    keep the rows_tile x cols_tile accumulator within the CPU's vector registers."""
+    def extent(var):
+        return _extent(sch, loop_of_iter[var])
+
+    axis_iters = [v for v in _output_axis_iters(sch, anchor) if v is not None]
+    if not axis_iters or (extent(axis_iters[-1]) or 0) < min(lanes, 4):
+        return None
+    cols_var = axis_iters[-1]
+    cols_tile = _choose_cols_tile(extent(cols_var), lanes)
+    rows = [v for v in axis_iters[:-1] if extent(v) not in (None, 1)]
+    if not rows:
+        return _Tiling(cols_var, cols_tile, None, 1)
+    vectors_per_row = cols_tile // _register_vector_width(cols_tile, lanes)
+    rows_tile = _choose_rows_tile(extent(rows[-1]), max(cpu.accumulator_budget // vectors_per_row, 1))
+    return _Tiling(cols_var, cols_tile, rows[-1], rows_tile)
+
+
+def _tile_loops(sch: s_tir.Schedule, anchor, loop_of_iter: dict, tiling: _Tiling):
+    """Split and reorder the anchor's loops to [outer..., cols_o, rows_o] [reduction...] [rows_i, cols_i]."""
+    kinds = _iter_kinds(sch, anchor)
+    iter_vars = [iv.var for iv in sch.get(anchor).iter_vars]
+    tiled = {tiling.cols_var} | ({tiling.rows_var} if tiling.rows_var is not None else set())
+    outer = [loop_of_iter[v] for v, k in zip(iter_vars, kinds) if k == "S" and v not in tiled]
+    reduce = [loop_of_iter[v] for v, k in zip(iter_vars, kinds) if k == "R"]
+    cols_outer, cols_inner = sch.split(loop_of_iter[tiling.cols_var], factors=[None, tiling.cols_tile])
+    tile_outer, tile_inner = outer + [cols_outer], [cols_inner]  # cols outside rows: a weight panel serves all rows
+    if tiling.rows_var is not None:
+        rows_outer, rows_inner = sch.split(loop_of_iter[tiling.rows_var], factors=[None, tiling.rows_tile])
+        tile_outer, tile_inner = tile_outer + [rows_outer], [rows_inner, cols_inner]
+    sch.reorder(*tile_outer, *reduce, *tile_inner)
+    return tile_outer, tile_inner, reduce
+
+
+def _place_epilogue(sch: s_tir.Schedule, anchor, epilogue, tile_outer: list, lanes: int) -> None:
+    """Accumulate in a tile-sized local buffer; the epilogue (or a plain write-back) runs per tile.
+
+    An epilogue whose output is larger than the anchor's (a broadcast: squeeze-excitation) is not
+    passed here; it runs on its own and the anchor writes back its tiles."""
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, tile_outer[-1], preserve_unit_loops=True)
+        sch.set_scope(anchor, 0, "local")
+    else:
+        epilogue = sch.cache_write(anchor, 0, "local")
+        sch.reverse_compute_at(epilogue, tile_outer[-1], preserve_unit_loops=True)
+    _vectorize_tile(sch, epilogue, len(tile_outer), lanes)
+
+
+def pack_weights(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Re-lay the weights (the PrimFunc's "layout_free_buffers") in the order the loops read them.
+
+    MetaSchedule's RewriteLayout derives the packed layout from the loop nest: for the tiled
+    reduction that is [cols tiles, reduction..., cols tile], so each tile's weights are one
+    contiguous panel. The repacking is a separate block that SplitLayoutRewritePreproc and
+    LiftTransformParams (x86.py) move into main_transform_params: it runs once, not per inference.
+    """
+    if func.attrs is None or "layout_free_buffers" not in func.attrs or not list(func.attrs["layout_free_buffers"]):
+        return func
+    sch = s_tir.Schedule(func)
+    try:
+        if meta_schedule.postproc.RewriteLayout().apply(sch):
+            return sch.mod["main"]
+    except Exception as exc:  # packing is an optimization: keep the unpacked schedule
+        log.debug("weight packing failed: %s", exc)
+    return func
+
+
+def _reduction_extent(sch: s_tir.Schedule, block) -> int:
+    """Multiply-adds per output element: the product of the block's reduction extents."""
+    total = 1
+    for iv in sch.get(block).iter_vars:
+        if int(iv.iter_type) == tirx.IterVar.CommReduce:
+            total *= int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else 1 << 20
+    return total
+
+
+def _same_output_shape(sch: s_tir.Schedule, block, other) -> bool:
+    def shape(b):
+        return [int(d) for d in sch.get(b).writes[0].source.shape]
+    return shape(block) == shape(other)
 
 
 def _output_block_names(sch: s_tir.Schedule) -> list[str]:
@@ -289,7 +360,7 @@ def _vectorize_in_registers(sch: s_tir.Schedule, loop, extent: int, lanes: int) 
         sch.vectorize(vector)
 
 
-def _vectorize_tile(sch: s_tir.Schedule, block, skip: int) -> None:
+def _vectorize_tile(sch: s_tir.Schedule, block, skip: int, lanes: int) -> None:
     """Vectorize the innermost loop of a block computed inside the tile (first `skip` loops are shared)."""
     loops = sch.get_loops(block)[skip:]
     if not loops:
@@ -297,50 +368,90 @@ def _vectorize_tile(sch: s_tir.Schedule, block, skip: int) -> None:
     inner = loops[-1]
     extent = _extent(sch, inner)
     if extent is not None and extent > 1:
-        sch.vectorize(inner)
+        _vectorize_in_registers(sch, inner, extent, lanes)
     for loop in loops[:-1]:
-        if (_extent(sch, loop) or 0) > 1:
+        if 1 < (_extent(sch, loop) or 0) <= MAX_UNROLL:
             sch.unroll(loop)
 
 
 # ---------------------------------------------------------------------------------------------
-# Rule 2: row reductions (softmax, layer norm)
-# ---------------------------------------------------------------------------------------------
-def schedule_row_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
-    scheduled = dlight.cpu.Reduction().apply(func, Target.current(allow_none=False), False)
-    return None if scheduled is None else scheduled.mod["main"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Rule 3: loops (elementwise and everything else)
+# Rule 2: every block on its own (elementwise, row reductions, everything else)
 # ---------------------------------------------------------------------------------------------
 def schedule_loops(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
+    """Every block on its own: injective blocks parallel + vectorized, reductions over the innermost
+    (contiguous) axis vectorized through a vector of partial results (rfactor), other reductions
+    parallel over their leading spatial loops."""
     sch = s_tir.Schedule(func)
     _inline_producers(sch, keep=set(_output_block_names(sch)))
+    lanes = cpu.lanes(32)
     for block in _blocks(sch):
-        if _is_reduction(sch, block):
+        if not _is_reduction(sch, block):
+            _parallel_vectorize(sch, block, lanes)
+        elif not _vectorize_inner_reduction(sch, block, lanes):
             _parallel_outer_spatial(sch, block)
-        else:
-            _parallel_vectorize(sch, block, cpu.lanes(32))
     return sch.mod["main"]
 
 
+def _vectorize_inner_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
+    """Reduce the innermost axis `width` elements at a time into a register vector of partial results,
+    then reduce that vector: rfactor -> the partials block runs per output element, vectorized."""
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    spatial_count = len(kinds) - len(kinds.lstrip("S"))
+    if len(loops) != len(kinds) or not kinds.endswith("R") or "S" in kinds[spatial_count:] or spatial_count == 0:
+        return False
+    reduce = loops[spatial_count:]
+    merged = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
+    extent = _extent(sch, merged) or 0
+    width = _register_vector_width(extent, lanes)
+    if width < 4 or extent < 2 * width:
+        return False
+    work = _total_work(sch, block)
+    _, lane_loop = sch.split(merged, factors=[None, width])
+    partials = sch.rfactor(lane_loop, factor_axis=len(sch.get(block).writes[0].region))
+    outer = sch.get_loops(block)[:spatial_count]
+    row = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.compute_at(partials, row, preserve_unit_loops=True)
+    sch.set_scope(partials, 0, "local")
+    if work >= PARALLEL_MIN_WORK and (_extent(sch, row) or 0) > 1:
+        sch.parallel(row)
+    inner = sch.get_loops(partials)[1:]  # [lanes, unit loops..., chunks]: put the lanes innermost
+    sch.reorder(inner[-1], inner[0])
+    inner = sch.get_loops(partials)[1:]
+    sch.vectorize(inner[-1])
+    sch.decompose_reduction(partials, inner[0])
+    return True
+
+
 def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Fuse an injective block's loops, run the outer part in parallel and the inner part in vectors."""
+    """An injective block: outer loops fused and run in parallel, the innermost loop in vectors.
+
+    The innermost loop stays separate so that index arithmetic (div/mod from reshapes and
+    transposes) is computed per row, not per element.
+    """
     loops = sch.get_loops(block)
     if not loops:
         return
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    extent = _extent(sch, fused)
-    if extent is None or extent < 2:
+    work = _total_work(sch, block)
+    inner = loops[-1]
+    inner_extent = _extent(sch, inner) or 1
+    if len(loops) > 1 and inner_extent < 4:  # too short to vectorize alone: merge with its parent
+        inner = sch.fuse(loops[-2], loops[-1])
+        loops = sch.get_loops(block)
+        inner_extent = _extent(sch, inner) or 1
+    width = _register_vector_width(inner_extent, lanes)
+    if width >= 4:
+        if width < inner_extent:
+            _, vector = sch.split(inner, factors=[None, width])
+            sch.vectorize(vector)
+        else:
+            sch.vectorize(inner)
+    outer = loops[:-1]
+    if not outer:
         return
-    if extent % lanes == 0 and extent >= lanes:
-        outer, inner = sch.split(fused, factors=[None, lanes])
-        sch.vectorize(inner)
-    else:
-        outer = fused
-    if extent >= PARALLEL_MIN_WORK:
-        sch.parallel(outer)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if work >= PARALLEL_MIN_WORK and (_extent(sch, fused) or 0) > 1:
+        sch.parallel(fused)
 
 
 def _parallel_outer_spatial(sch: s_tir.Schedule, block) -> None:

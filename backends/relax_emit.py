@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import tvm
@@ -37,6 +37,9 @@ class EmittedModule:
     """A Relax module for one graph, with the calling convention of its "main" function.
 
     main(*input_names, *param_names) -> output (one output) or tuple of outputs (in output_names order).
+    A backend may split the weight-only work off into `main_transform_params(params_tuple)` (x86 does:
+    re-layout, packing); callers then pass its results in place of the params. `runner.TVMRunner`
+    and the C++ runtime both do so.
     """
 
     mod: tvm.IRModule
@@ -252,12 +255,18 @@ def emit_hard_swish(e: _Emitter, node: Node) -> relax.Expr:
 
 
 def emit_gelu(e: _Emitter, node: Node) -> relax.Expr:
+    """Gelu spelled with Erf / Tanh, so that backends rewriting those (fast math) cover it too."""
+    x, dtype = e.operand(node, 0), e.dtype(node.inputs[0])
     approximate = node.attrs["approximate"]
-    if approximate == "tanh":
-        return R.nn.gelu_tanh(e.operand(node, 0))
     if approximate == "none":
-        return R.nn.gelu(e.operand(node, 0))
-    raise UnsupportedError(f"node {node.name!r} (Gelu): approximate={approximate!r} is not 'none' or 'tanh'")
+        inner = R.erf(R.multiply(x, _scalar(1.0 / math.sqrt(2.0), dtype)))
+    elif approximate == "tanh":
+        cubic = R.multiply(R.multiply(R.multiply(x, x), x), _scalar(0.044715, dtype))
+        inner = R.tanh(R.multiply(R.add(x, cubic), _scalar(math.sqrt(2.0 / math.pi), dtype)))
+    else:
+        raise UnsupportedError(f"node {node.name!r} (Gelu): approximate={approximate!r} is not 'none' or 'tanh'")
+    half = _scalar(0.5, dtype)
+    return R.multiply(x, R.add(half, R.multiply(half, inner)))
 
 
 def emit_prelu(e: _Emitter, node: Node) -> relax.Expr:
@@ -310,13 +319,84 @@ def emit_conv(e: _Emitter, node: Node) -> relax.Expr:
 
 
 def emit_conv_transpose(e: _Emitter, node: Node) -> relax.Expr:
+    """ConvTranspose as a sub-pixel convolution when dilation is 1, else TVM's conv_transpose op.
+
+    TVM lowers conv_transpose to a convolution over a zero-dilated input, which with stride s wastes
+    s^2 of the multiply-adds on zeros; the sub-pixel form does only the useful ones.
+    """
     rank = _spatial_rank(node, e)
-    conv = R.nn.conv1d_transpose if rank == 1 else R.nn.conv2d_transpose
     a = node.attrs
-    result = conv(e.operand(node, 0), e.operand(node, 1), strides=list(a["strides"]), padding=list(a["pads"]),
-                  output_padding=list(a["output_padding"]), dilation=list(a["dilations"]),
-                  groups=int(a["group"]))
-    return _with_bias(e, node, result, rank)
+    if any(int(d) != 1 for d in a["dilations"]):
+        conv = R.nn.conv1d_transpose if rank == 1 else R.nn.conv2d_transpose
+        result = conv(e.operand(node, 0), e.operand(node, 1), strides=list(a["strides"]), padding=list(a["pads"]),
+                      output_padding=list(a["output_padding"]), dilation=list(a["dilations"]),
+                      groups=int(a["group"]))
+        return _with_bias(e, node, result, rank)
+    return _with_bias(e, node, _sub_pixel_conv_transpose(e, node, rank), rank)
+
+
+def _sub_pixel_conv_transpose(e: _Emitter, node: Node, rank: int) -> relax.Expr:
+    """ConvTranspose (dilation 1) = one convolution producing every stride phase, then interleave, then crop.
+
+    Output position q = i*s + k (before cropping) takes input i through kernel tap k. Writing
+    k = phase + s*m with the kernel zero-padded to M*s taps, phase `phase` of the output is a plain
+    convolution of the input (padded by M-1 on each side) with the flipped taps w[phase + s*(M-1-m)];
+    computing all s^rank phases as extra output channels makes it one convolution, and a
+    depth-to-space interleaves them.
+    """
+    a = node.attrs
+    x_shape, (c_in, o_group, *kernel) = e.shape(node.inputs[0]), e.shape(node.inputs[1])
+    groups, strides = int(a["group"]), [int(v) for v in a["strides"]]
+    taps = [-(-k // s) for k, s in zip(kernel, strides)]                       # M per axis
+    weight = _sub_pixel_weight(e, e.operand(node, 1), groups, c_in, o_group, kernel, strides, taps)
+    conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
+    phases = e.emit(conv(e.operand(node, 0), weight, strides=[1] * rank, padding=[m - 1 for m in taps] * 2,
+                         dilation=[1] * rank, groups=groups))
+    spatial = [x_shape[2 + i] + taps[i] - 1 for i in range(rank)]
+    channels = groups * o_group
+    interleaved = _interleave_phases(e, phases, x_shape[0], channels, strides, spatial)
+    return _crop_to_output(e, node, interleaved, [n * s for n, s in zip(spatial, strides)], rank)
+
+
+def _sub_pixel_weight(e: _Emitter, weight: relax.Expr, groups: int, c_in: int, o_group: int,
+                      kernel: list[int], strides: list[int], taps: list[int]) -> relax.Expr:
+    """[C, O/g, k...] transpose weights -> [g*(O/g)*s^rank, C/g, M...] convolution weights (flipped taps)."""
+    rank = len(kernel)
+    extra = [m * s - k for m, s, k in zip(taps, strides, kernel)]
+    if any(extra):
+        weight = R.nn.pad(weight, [0, 0, 0, 0] + [w for pad in extra for w in (0, pad)])
+    split = [groups, c_in // groups, o_group] + [d for m, s in zip(taps, strides) for d in (m, s)]
+    weight = e.emit(R.reshape(weight, split))
+    for axis in range(rank):
+        weight = e.emit(R.flip(weight, 3 + 2 * axis))                          # the m axes
+    phase_axes = [4 + 2 * axis for axis in range(rank)]
+    tap_axes = [3 + 2 * axis for axis in range(rank)]
+    weight = R.permute_dims(weight, [0, 2, *phase_axes, 1, *tap_axes])
+    phase_count = 1
+    for s in strides:
+        phase_count *= s
+    return R.reshape(weight, [groups * o_group * phase_count, c_in // groups, *taps])
+
+
+def _interleave_phases(e: _Emitter, phases: relax.Expr, batch: int, channels: int, strides: list[int],
+                       spatial: list[int]) -> relax.Expr:
+    """[N, C*s^rank, n...] (channel-major, then phases) -> [N, C, n*s...] (depth-to-space, CRD order)."""
+    rank = len(strides)
+    split = e.emit(R.reshape(phases, [batch, channels, *strides, *spatial]))
+    perm = [0, 1] + [p for axis in range(rank) for p in (2 + rank + axis, 2 + axis)]
+    blocks = e.emit(R.permute_dims(split, perm))
+    return R.reshape(blocks, [batch, channels] + [n * s for n, s in zip(spatial, strides)])
+
+
+def _crop_to_output(e: _Emitter, node: Node, full: relax.Expr, full_spatial: list[int], rank: int) -> relax.Expr:
+    """Cut the begin pads off and keep the output length; zero-extend first where output_padding needs it."""
+    out_spatial = e.shape(node.outputs[0])[2:]
+    begins = [int(p) for p in node.attrs["pads"][:rank]]
+    shortfall = [max(b + n - f, 0) for b, n, f in zip(begins, out_spatial, full_spatial)]
+    full = e.emit(full)
+    if any(shortfall):
+        full = e.emit(R.nn.pad(full, [0, 0, 0, 0] + [w for s in shortfall for w in (0, s)]))
+    return R.strided_slice(full, list(range(2, 2 + rank)), begins, [b + n for b, n in zip(begins, out_spatial)])
 
 
 # ---------------------------------------------------------------------------------------------

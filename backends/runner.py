@@ -1,10 +1,14 @@
 """Load an exported bitsmith library and run its "main" function from numpy, in this process.
 
 `TVMRunner(lib_path)` loads the shared library once and keeps its Relax VM, so repeated runs only
-convert the inputs. Parameters (the weights, passed after the inputs) are converted to TVM tensors
-once per distinct list of arrays and cached. When the library has a `main_transform_params`
-function (weights re-laid-out by the build, see backends/x86.py), it runs once per parameter list
+convert the inputs. Parameters (the weights, passed after the inputs, as `EmittedModule.param_arrays`
+gives them) are converted to TVM tensors once per distinct list of array objects and cached: do
+not modify them in place between runs. When the library has a `main_transform_params` function
+(weights re-laid-out and packed by the build, see backends/x86.py), it runs once per parameter list
 and main receives its results.
+
+TVM's thread pool belongs to the thread that first runs a parallel kernel: create and run a
+TVMRunner from the same thread for `threads` to apply.
 """
 
 from __future__ import annotations
@@ -88,12 +92,23 @@ class TVMRunner:
 
     def prepare(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[tvm.runtime.Tensor]:
         """The VM arguments for these numpy inputs and params (params cached between calls)."""
-        return [self._tensor(x) for x in inputs] + self._param_tensors(params)
+        try:
+            weights = self._param_tensors(params)
+        except Exception as exc:
+            raise DataError(f"{self.lib_path}: main_transform_params rejected the {len(params)} params: {exc}") from exc
+        return [self._tensor(x) for x in inputs] + weights
 
     # -- running --------------------------------------------------------------------------------
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray] = ()) -> list[np.ndarray]:
         """Outputs of main as numpy arrays, in the graph's output order (always a list)."""
-        return _to_numpy(self._main(*self.prepare(inputs, params)))
+        args = self.prepare(inputs, params)
+        try:
+            result = self._main(*args)
+        except Exception as exc:  # the VM checks every argument's shape and dtype
+            described = ", ".join(f"{x.dtype}{list(x.shape)}" for x in map(np.asarray, inputs))
+            raise DataError(f"{self.lib_path}: main rejected {len(inputs)} inputs ({described}) and "
+                            f"{len(params)} params: {exc}") from exc
+        return _to_numpy(result)
 
     def time(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray] = (), repeat: int = 10,
              warmup: int = 1) -> list[float]:

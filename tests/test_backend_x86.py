@@ -2,7 +2,9 @@
 
 Each per-op case is a one-node IR graph; its output types come from the reference interpreter and its
 result is compared with `bitsmith.interpreter.run_graph`. A small CNN-like graph checks the whole road
-(emit -> build -> export -> TVMRunner) and the parameter calling convention.
+(emit -> build -> export -> TVMRunner) and the parameter calling convention. The shared ONNX case
+table and the zoo models go ONNX -> IR -> TVM and are compared with ONNX Runtime (the three larger
+zoo models are marked slow).
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ import numpy as np
 import pytest
 import torch
 
+from bitsmith import zoo
 from bitsmith.backends import x86
 from bitsmith.backends.relax_emit import EMITTERS, emit_relax
 from bitsmith.backends.runner import TVMRunner
-from bitsmith.errors import UnsupportedError
+from bitsmith.errors import DataError, UnsupportedError
+from bitsmith.frontends.onnx import import_onnx
 from bitsmith.interpreter import TORCH_DTYPES, run_graph, run_node
 from bitsmith.ir import Graph, Node, verify
+from bitsmith.measure import max_rel_err, ort_run, ort_session, rel_err
 from bitsmith.ops import OPS
+
+from onnx_cases import cases as onnx_cases
+from onnx_cases import ort_run as ort_run_model
 
 RNG = np.random.default_rng(0)
 
@@ -199,6 +207,10 @@ CONV_TRANSPOSE_CASES = [
     ((1, 4, 5, 5), (4, 6, 3, 3), dict(conv_attrs(2, strides=[2, 2], pads=[1, 1, 1, 1]), output_padding=[1, 1])),
     ((1, 4, 6, 6), (4, 2, 2, 2), dict(conv_attrs(2, strides=[2, 2], group=2), output_padding=[0, 0])),
     ((2, 3, 8), (3, 5, 4), dict(conv_attrs(1, strides=[2], pads=[1, 1]), output_padding=[0])),
+    ((1, 3, 5, 6), (3, 4, 4, 4), dict(conv_attrs(2, strides=[2, 2], pads=[1, 1, 1, 1]), output_padding=[0, 0])),
+    ((1, 3, 5, 6), (3, 2, 5, 3), dict(conv_attrs(2, strides=[3, 2], pads=[0, 2, 1, 0]), output_padding=[2, 1])),
+    ((1, 6, 4, 4), (6, 1, 3, 3), dict(conv_attrs(2, strides=[2, 2], pads=[1, 1, 1, 1], group=6), output_padding=[1, 1])),
+    ((1, 2, 4, 4), (2, 3, 3, 3), dict(conv_attrs(2, strides=[2, 2], dilations=[2, 2]), output_padding=[0, 0])),
 ]
 
 
@@ -346,8 +358,13 @@ def test_gather_with_runtime_indices(tmp_path):
     check_op(tmp_path, "Gather", {"x": rand(10, 4), "i": np.array([3, -2, 0, 9], np.int64)}, {"axis": 0})
 
 
-def test_gather_scalar_index(tmp_path):
-    check_op(tmp_path, "Gather", {"x": rand(2, 5, 3), "i": np.array(-2, np.int64)}, {"axis": 1})
+@pytest.mark.parametrize("constant", [True, False])
+def test_gather_scalar_index(tmp_path, constant):
+    x, index = rand(2, 5, 3), np.array(-2, np.int64)
+    if constant:
+        check_op(tmp_path, "Gather", {"x": x}, {"axis": 1}, {"i": index})
+    else:
+        check_op(tmp_path, "Gather", {"x": x, "i": index}, {"axis": 1})
 
 
 @pytest.mark.parametrize("mode,pads", [("constant", [0, 1, 2, 0, 2, 1]), ("constant", [0, -1, 1, 0, 1, -2])])
@@ -355,22 +372,74 @@ def test_constant_pad(tmp_path, mode, pads):
     check_op(tmp_path, "Pad", {"x": rand(2, 4, 5)}, {"pads": pads, "mode": mode, "value": 0.5})
 
 
-@pytest.mark.parametrize("mode,pads", [("reflect", [0, 0, 2, 1, 0, 0, 1, 3]), ("edge", [0, 0, 1, 0, 0, 0, 2, 2])])
-def test_border_pad(tmp_path, mode, pads):  # numpy is the reference: torch pads only trailing axes in these modes
-    x = rand(1, 2, 4, 5)
-    graph = Graph(name="border_pad")
-    graph.add_value("x", x.shape, "float32")
-    expected = np.pad(x, list(zip(pads[:4], pads[4:])), mode=mode)
-    graph.add_value("y", expected.shape, "float32")
-    graph.inputs, graph.outputs = ["x"], ["y"]
-    graph.nodes.append(Node("Pad", "pad_0", ["x"], ["y"], {"pads": pads, "mode": mode, "value": 0.0}))
-    runner, params = compile_and_load(graph, tmp_path)
-    np.testing.assert_array_equal(runner.run([x], params)[0], expected)
+@pytest.mark.parametrize("mode,pads", [("reflect", [0, 0, 2, 1, 0, 0, 1, 3]), ("edge", [0, 1, 1, 0, 0, 0, 2, 2])])
+def test_border_pad(tmp_path, mode, pads):
+    check_op(tmp_path, "Pad", {"x": rand(1, 2, 4, 5)}, {"pads": pads, "mode": mode, "value": 0.0})
 
 
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
 def test_depth_to_space(tmp_path, mode):
     check_op(tmp_path, "DepthToSpace", {"x": rand(1, 8, 3, 4)}, {"blocksize": 2, "mode": mode})
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes that take the scheduler's other paths (parallel tiles, partial tiles, odd vector widths,
+# vectorized row reductions, broadcast epilogues, inlined pads)
+# ---------------------------------------------------------------------------------------------
+def test_conv_with_partial_row_tiles_and_odd_channel_count(tmp_path):
+    # 127 output columns (prime: the row tile does not divide it), 24 output channels (3 x 8 lanes)
+    check_op(tmp_path, "Conv", {"x": rand(1, 16, 9, 127)}, conv_attrs(2, pads=[1, 1, 1, 1]),
+             {"w": rand(24, 16, 3, 3), "bias": rand(24)})
+
+
+def test_large_depthwise_conv_with_inlined_pad(tmp_path):
+    check_op(tmp_path, "Conv", {"x": rand(1, 48, 30, 30)}, conv_attrs(2, strides=[2, 2], pads=[1, 1, 1, 1], group=48),
+             {"w": rand(48, 1, 3, 3), "bias": rand(48)})
+
+
+def test_large_matmul(tmp_path):
+    check_op(tmp_path, "MatMul", {"a": rand(96, 200)}, constants={"b": rand(200, 72)})
+
+
+@pytest.mark.parametrize("width", [512, 508, 30])  # 16 lanes, 4 lanes, not vectorized
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceSum"])
+def test_reduction_over_the_innermost_axis(tmp_path, width, op):
+    check_op(tmp_path, op, {"x": rand(64, width, low=-3, high=3)}, {"axes": [1], "keepdims": 1})
+
+
+def test_wide_softmax_and_layer_norm(tmp_path):
+    check_op(tmp_path, "Softmax", {"x": rand(12, 128, 128, low=-8, high=8)}, {"axis": 2})
+    check_op(tmp_path, "LayerNormalization", {"x": rand(128, 384)}, {"axis": 1, "epsilon": 1e-12},
+             {"scale": rand(384), "bias": rand(384)})
+
+
+def test_conv_feeding_a_broadcast_product(tmp_path):
+    """Squeeze-excitation: a conv on a 1x1 map scales a large map (the epilogue is bigger than the conv)."""
+    g = Graph(name="squeeze_excite")
+    g.add_value("pooled", (1, 32, 1, 1), "float32")
+    g.add_value("features", (1, 32, 40, 40), "float32")
+    g.inputs = ["pooled", "features"]
+    g.add_constant("w", rand(32, 32, 1, 1))
+    g.add_value("gate", (1, 32, 1, 1), "float32")
+    g.add_value("scaled", (1, 32, 40, 40), "float32")
+    g.nodes = [Node("Conv", "conv", ["pooled", "w"], ["gate"], conv_attrs(2)),
+               Node("Mul", "scale", ["features", "gate"], ["scaled"])]
+    g.outputs = ["scaled"]
+    verify(g, OPS)
+    assert_matches_reference(g, {"pooled": rand(1, 32, 1, 1), "features": rand(1, 32, 40, 40)}, tmp_path)
+
+
+@pytest.mark.parametrize("op,torch_fn", [("Exp", torch.exp), ("Erf", torch.erf), ("Tanh", torch.tanh),
+                                         ("Sigmoid", torch.sigmoid)])
+def test_fast_math_is_accurate_elementwise(tmp_path, op, torch_fn):
+    """The vectorized exp / erf / tanh / sigmoid stay within 1e-6 of float64, element by element."""
+    x = np.linspace(-30, 30, 4001, dtype=np.float32) if op != "Exp" else np.linspace(-80, 80, 4001, dtype=np.float32)
+    graph = one_node_graph(op, {"x": x}, {})
+    runner, params = compile_and_load(graph, tmp_path)
+    got = runner.run([x], params)[0].astype(np.float64)
+    exact = torch_fn(torch.from_numpy(x.astype(np.float64))).numpy()
+    tiny = np.finfo(np.float32).tiny
+    assert np.all(np.abs(got - exact) <= 1e-6 * np.abs(exact) + tiny)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,6 +457,21 @@ def test_unknown_op_names_node_and_op():
     graph.nodes.append(Node("Frobnicate", "frob_7", ["x"], ["y"]))
     with pytest.raises(UnsupportedError, match="frob_7.*Frobnicate"):
         emit_relax(graph)
+
+
+def test_outputs_may_be_inputs_or_constants(tmp_path):
+    g = Graph(name="passthrough")
+    g.add_value("x", (3,), "float32")
+    g.add_value("y", (3,), "float32")
+    g.add_constant("table", np.arange(20, dtype=np.float32))  # a parameter returned as is
+    g.inputs, g.outputs = ["x"], ["y", "x", "table"]
+    g.nodes.append(Node("Neg", "neg", ["x"], ["y"]))
+    runner, params = compile_and_load(g, tmp_path)
+    x = rand(3)
+    y, same, table = runner.run([x], params)
+    np.testing.assert_array_equal(y, -x)
+    np.testing.assert_array_equal(same, x)
+    np.testing.assert_array_equal(table, g.constants["table"])
 
 
 def small_cnn() -> Graph:
@@ -447,3 +531,41 @@ def test_small_cnn_end_to_end(tmp_path):
     runner, params = compile_and_load(graph, tmp_path)
     milliseconds = runner.time([feeds["image"]], params, repeat=3)
     assert len(milliseconds) == 3 and all(t > 0 for t in milliseconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX models end to end, against ONNX Runtime
+# ---------------------------------------------------------------------------------------------
+ONNX_CASES = onnx_cases()
+
+
+@pytest.mark.parametrize("name", sorted(ONNX_CASES))
+def test_onnx_case_matches_onnxruntime(tmp_path, name):
+    model, feeds = ONNX_CASES[name]
+    graph = import_onnx(model)
+    runner, params = compile_and_load(graph, tmp_path)
+    ours = runner.run([feeds[n] for n in graph.inputs], params)
+    for got, expected in zip(ours, ort_run_model(model, feeds)):
+        assert got.shape == expected.shape
+        assert rel_err(got, expected) < 1e-5
+
+
+LARGE_ZOO_MODELS = ("mobilenet_v2", "minilm_l6", "ppocr_det")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE_ZOO_MODELS else n
+                                  for n in zoo.ZOO_MODELS])
+def test_zoo_model_matches_onnxruntime(tmp_path, name):
+    graph = import_onnx(zoo.onnx_path(name), zoo.input_shapes(name))
+    runner, params = compile_and_load(graph, tmp_path)
+    session = ort_session(zoo.onnx_path(name))
+    for feeds in zoo.inputs(name, 3):
+        ours = dict(zip(graph.outputs, runner.run([feeds[n] for n in graph.inputs], params)))
+        assert max_rel_err(ours, ort_run(session, feeds)) < 1e-4
+
+
+def test_runner_rejects_inputs_of_the_wrong_shape_with_a_data_error(tmp_path):
+    runner, params = compile_and_load(small_cnn(), tmp_path)
+    with pytest.raises(DataError, match="main rejected"):
+        runner.run([rand(1, 3, 8, 8)], params)
+    assert runner.threads >= 1
