@@ -66,10 +66,8 @@ def searchable(spec: QuantSpec | None) -> bool:
     return spec is not None and spec.format in FP_FORMATS and spec.granularity in ("tensor", "channel")
 
 
-# -- weights --------------------------------------------------------------------------------------
-class FPSearchWeights(Pass):
-    name = "fp_search_weights"
-    requires = ("weights_quantized",)
+class _FPSearch(Pass):
+    """What both searches take: calibration feeds, candidate formats, clipping ratios, rows sampled."""
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], formats: Sequence[str] | None = None,
                  ratios: Sequence[float] = RATIOS, max_rows: int = 256) -> None:
@@ -77,6 +75,12 @@ class FPSearchWeights(Pass):
         self.formats = formats
         self.ratios = ratios
         self.max_rows = max_rows
+
+
+# -- weights --------------------------------------------------------------------------------------
+class FPSearchWeights(_FPSearch):
+    name = "fp_search_weights"
+    requires = ("weights_quantized",)
 
     def run(self, graph: Graph) -> Graph:
         layers = [layer for layer in linear_layers(graph) if _searchable_weight(graph, layer)]
@@ -161,16 +165,9 @@ class _Probe:
         return float((difference.double() ** 2).sum())
 
 
-class FPSearchActivations(Pass):
+class FPSearchActivations(_FPSearch):
     name = "fp_search_activations"
     requires = ("activations_calibrated",)
-
-    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], formats: Sequence[str] | None = None,
-                 ratios: Sequence[float] = RATIOS, max_rows: int = 256) -> None:
-        self.feeds = list(feeds)
-        self.formats = formats
-        self.ratios = ratios
-        self.max_rows = max_rows
 
     def run(self, graph: Graph) -> Graph:
         groups = [group for group in tied_groups(graph) if _searchable_activations(graph, group)]
