@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -50,12 +51,20 @@ def measure(name: str, target: targets.Target, samples: int, repeat: int, workdi
     }
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def render(doc: dict) -> str:
     lines = [
         "# Zoo import: IR interpreter and x86 FP32 artifact vs ONNX Runtime",
         "",
-        f"Target `{doc['target']}`, {doc['threads']} threads for both, {doc['repeat']} alternating runs "
-        f"(medians), batch 1, real inputs. Written by `scripts/zoo_import.py`.",
+        f"Target `{doc['target']}` on {doc['cpu']}, {doc['threads']} threads for both, {doc['repeat']} alternating "
+        f"runs (medians), batch 1, real inputs; 1-minute load average {doc['load_average_1min'][0]} before, "
+        f"{doc['load_average_1min'][1]} after. Written by `scripts/zoo_import.py`.",
         "",
         "| model | imports | IR vs ORT (max rel) | TVM vs ORT (max rel) | ORT FP32 ms | bitsmith FP32 ms | ratio | compile s |",
         "|---|---|---|---|---|---|---|---|",
@@ -79,9 +88,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(zoo.ZOO_MODELS))
     args = parser.parse_args()
     target = targets.load("host")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bitsmith-zoo-") as tmp:
         models = {name: measure(name, target, args.samples, args.repeat, Path(tmp)) for name in args.models}
-    doc = {"target": target.name, "threads": target.cores, "repeat": args.repeat, "cpu": platform.processor() or platform.machine(),
+    doc = {"target": target.name, "threads": target.cores, "repeat": args.repeat, "cpu": cpu_name(),
+           "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
            "bitsmith_version": bitsmith.__version__, "models": models}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "zoo_import.json").write_text(json.dumps(doc, indent=1))
