@@ -39,7 +39,7 @@ class QuantRecipe:
 
 PRESETS: dict[str, QuantRecipe] = {
     "w8a8": QuantRecipe("w8a8", algorithms=("bias_correction",)),
-    "w8_weight_only": QuantRecipe("w8_weight_only", activations=None),
+    "w8_weight_only": QuantRecipe("w8_weight_only", activations=None, algorithms=("bias_correction",)),
     "w4a8": QuantRecipe("w4a8", weights="int4", algorithms=("gptq", "bias_correction")),
     "fp8_e4m3": QuantRecipe("fp8_e4m3", weights="fp8_e4m3", activations="fp8_e4m3", activation_symmetric=True,
                             activation_observer="minmax", weight_clipping="max"),

@@ -52,7 +52,7 @@ def test_concat_maxpool_reshape_share_one_quantizer():
 
 
 def test_weight_only_recipe_leaves_activations_float():
-    q = quantize(concat_pool_graph(), PRESETS["w8_weight_only"], [])
+    q = quantize(concat_pool_graph(), PRESETS["w8_weight_only"], [{"x": randn(2, 3, 8, 8)}])
     quantized = {n for n, v in q.values.items() if v.quant is not None}
     assert quantized == {"wa", "wb", "wm"}
 
