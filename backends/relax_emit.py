@@ -2,15 +2,18 @@
 
 `emit_relax(graph)` builds an IRModule whose Relax function "main" takes the graph inputs followed by
 the weights (params-as-inputs). Every float constant with more than `PARAM_MIN_ELEMENTS` elements
-becomes a parameter, in `EmittedModule.param_names` order; smaller float constants and all integer /
-bool constants are embedded with `relax.const`. The function returns the graph's output, or a tuple
+becomes a parameter, in `EmittedModule.param_names` order, and so does every int8 / uint8 constant of
+that size (quantized weights, lookup tables); smaller ones and all other integer / bool constants are
+embedded with `relax.const`. The function returns the graph's output, or a tuple
 of them when the graph has several. Its "num_input" attribute counts the graph inputs, so that TVM
 passes (LiftTransformParams) can tell activations from weights.
 
 The emitters follow the normalized ONNX semantics of `bitsmith.ops` (every attribute explicit).
 After each node, the Relax type of each result is checked against the IR's declared type, so an
 emitter that disagrees with the IR fails at emit time with the node's name, not at run time.
-Quantization annotations (`Value.quant`) are ignored here: this is the FP32 path.
+Quantization annotations (`Value.quant`) are ignored here: a quantized model reaches this module as
+the integer graph of passes/lower_integer.py, whose quantized ops (ops.QUANTIZED_OPS) have emitters
+below that compute exactly the reference interpreter's integers.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ class EmittedModule:
 
 
 def is_parameter(array: np.ndarray) -> bool:
-    """True when a constant is passed to main as a parameter rather than embedded."""
-    return array.dtype.kind == "f" and array.size > PARAM_MIN_ELEMENTS
+    """True when a constant is passed to main as a parameter rather than embedded: float tensors and
+    8-bit tensors (quantized weights, lookup tables) of more than PARAM_MIN_ELEMENTS elements."""
+    return (array.dtype.kind == "f" or array.dtype in (np.int8, np.uint8)) and array.size > PARAM_MIN_ELEMENTS
 
 
 def emit_relax(graph: Graph) -> EmittedModule:
@@ -641,6 +645,171 @@ def emit_depth_to_space(e: _Emitter, node: Node) -> relax.Expr:
 
 
 # ---------------------------------------------------------------------------------------------
+# Quantized (integer) ops: exact integer arithmetic, bit for bit the reference (ops.QUANTIZED_OPS)
+# ---------------------------------------------------------------------------------------------
+# Zero points are subtracted in int32 before int32-accumulating convolutions and matmuls
+# (out_dtype="int32": exact); requantization is int64 multiply, add and arithmetic right shift. The
+# per-channel operands (multipliers, shifts, scales, biases) must be IR constants: they are read here.
+def _static(e: _Emitter, node: Node, index: int) -> np.ndarray:
+    array = e.constant_value(node, index)
+    if array is None:
+        raise UnsupportedError(f"node {node.name!r} ({node.op}): operand {index} ({node.inputs[index]!r}) "
+                               "must be a constant")
+    return array
+
+
+def _broadcast_const(array: np.ndarray, rank: int, axis: int, dtype: str) -> relax.Constant:
+    """A scalar or per-channel array as a constant broadcasting along `axis` of a rank-`rank` tensor."""
+    array = np.asarray(array).astype(dtype)
+    if array.size == 1:
+        return relax.const(array.reshape(()), dtype)
+    return relax.const(array.reshape([-1 if d == axis else 1 for d in range(rank)]), dtype)
+
+
+def _centered(e: _Emitter, x: relax.Expr, zero_point: int) -> relax.Expr:
+    """codes - zero_point in int32."""
+    x = R.astype(x, "int32")
+    return R.subtract(x, _scalar(zero_point, "int32")) if zero_point else x
+
+
+def _requantize(e: _Emitter, acc: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | int, rank: int,
+                axis: int, attrs: dict) -> relax.Expr:
+    """clamp(((acc * M + 2^(s-1)) >> s) + zero_point, out_min, out_max) in int64, cast to out_dtype."""
+    shift = np.asarray(shift, np.int64)
+    rounding = np.left_shift(np.int64(1), shift - 1)
+    value = R.astype(acc, "int64")
+    if not (np.asarray(multiplier).size == 1 and int(np.asarray(multiplier).reshape(-1)[0]) == 1):
+        value = R.multiply(value, _broadcast_const(multiplier, rank, axis, "int64"))
+    value = R.add(value, _broadcast_const(rounding, rank, axis, "int64"))
+    value = R.right_shift(value, _broadcast_const(shift, rank, axis, "int64"))
+    if attrs["out_zero_point"]:
+        value = R.add(value, _scalar(attrs["out_zero_point"], "int64"))
+    value = R.minimum(R.maximum(value, _scalar(attrs["out_min"], "int64")), _scalar(attrs["out_max"], "int64"))
+    return R.astype(value, attrs["out_dtype"])
+
+
+def _weighted_epilogue(e: _Emitter, node: Node, acc: relax.Expr, rank: int, axis: int) -> relax.Expr:
+    """Bias, then the requantize or float epilogue of QConv / QMatMul (per channel along `axis`)."""
+    acc = R.add(acc, _broadcast_const(_static(e, node, 3), rank, axis, "int32"))
+    if node.attrs["epilogue"] == "float":
+        return R.multiply(R.astype(acc, "float32"), _broadcast_const(_static(e, node, 4), rank, axis, "float32"))
+    return _requantize(e, acc, _static(e, node, 4), _static(e, node, 5), rank, axis, node.attrs)
+
+
+def emit_quantize_linear(e: _Emitter, node: Node) -> relax.Expr:
+    a = node.attrs
+    rank = len(e.shape(node.inputs[0]))
+    scale, zero_point = _static(e, node, 1).astype(np.float32), _static(e, node, 2).astype(np.int32)
+    scaled = R.divide(e.operand(node, 0), _broadcast_const(scale, rank, a["axis"], "float32"))
+    scaled = R.where(R.isnan(scaled), _scalar(0.0, "float32"), scaled)
+    low = _broadcast_const((a["qmin"] - zero_point).astype(np.float32), rank, a["axis"], "float32")
+    high = _broadcast_const((a["qmax"] - zero_point).astype(np.float32), rank, a["axis"], "float32")
+    codes = R.astype(R.round(R.minimum(R.maximum(scaled, low), high)), "int32")
+    codes = R.add(codes, _broadcast_const(zero_point, rank, a["axis"], "int32"))
+    return R.astype(codes, a["dtype"])
+
+
+def emit_dequantize_linear(e: _Emitter, node: Node) -> relax.Expr:
+    rank = len(e.shape(node.inputs[0]))
+    axis = node.attrs["axis"]
+    centered = R.subtract(R.astype(e.operand(node, 0), "int32"),
+                          _broadcast_const(_static(e, node, 2), rank, axis, "int32"))
+    return R.multiply(R.astype(centered, "float32"), _broadcast_const(_static(e, node, 1), rank, axis, "float32"))
+
+
+def emit_qconv(e: _Emitter, node: Node) -> relax.Expr:
+    rank = _spatial_rank(node, e)
+    a = node.attrs
+    x = _centered(e, e.operand(node, 0), int(a["x_zero_point"]))
+    w_zero_point = _static(e, node, 2)
+    w = R.astype(e.operand(node, 1), "int32")
+    if np.any(w_zero_point != 0):
+        w = R.subtract(w, _broadcast_const(w_zero_point, rank + 2, 0, "int32"))
+    conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
+    acc = conv(x, w, strides=list(a["strides"]), padding=list(a["pads"]), dilation=list(a["dilations"]),
+               groups=int(a["group"]), out_dtype="int32")
+    return _weighted_epilogue(e, node, e.emit(acc), rank + 2, 1)
+
+
+def emit_qmatmul(e: _Emitter, node: Node) -> relax.Expr:
+    a_centered = _centered(e, e.operand(node, 0), int(node.attrs["a_zero_point"]))
+    b_rank = len(e.shape(node.inputs[1]))
+    b_zero_point = _static(e, node, 2)
+    b = R.astype(e.operand(node, 1), "int32")
+    if np.any(b_zero_point != 0):
+        b = R.subtract(b, _broadcast_const(b_zero_point, b_rank, b_rank - 1, "int32"))
+    acc = e.emit(R.matmul(a_centered, b, out_dtype="int32"))
+    rank = len(e.shape(node.outputs[0]))
+    return _weighted_epilogue(e, node, acc, rank, rank - 1)
+
+
+def emit_qadd(e: _Emitter, node: Node) -> relax.Expr:
+    a = node.attrs
+    rank = len(e.shape(node.outputs[0]))
+    left = R.multiply(R.astype(_centered(e, e.operand(node, 0), int(a["a_zero_point"])), "int64"),
+                      _scalar(a["a_multiplier"], "int64"))
+    right = R.multiply(R.astype(_centered(e, e.operand(node, 1), int(a["b_zero_point"])), "int64"),
+                       _scalar(a["b_multiplier"], "int64"))
+    return _requantize(e, R.add(left, right), 1, a["shift"], rank, 0, a)
+
+
+def emit_qmul(e: _Emitter, node: Node) -> relax.Expr:
+    a = node.attrs
+    rank = len(e.shape(node.outputs[0]))
+    product = R.multiply(R.astype(_centered(e, e.operand(node, 0), int(a["a_zero_point"])), "int64"),
+                         R.astype(_centered(e, e.operand(node, 1), int(a["b_zero_point"])), "int64"))
+    return _requantize(e, product, a["multiplier"], a["shift"], rank, 0, a)
+
+
+def emit_qlookup(e: _Emitter, node: Node) -> relax.Expr:
+    """table[q - qmin]; per-channel tables are flattened and indexed with channel * width + (q - qmin)."""
+    index = _centered(e, e.operand(node, 0), int(node.attrs["qmin"]))
+    table_shape = e.shape(node.inputs[1])
+    table = e.operand(node, 1)
+    if len(table_shape) == 1:
+        return R.take(table, index, axis=0, mode="clip")
+    rank = len(e.shape(node.inputs[0]))
+    channels, width = table_shape
+    offsets = _broadcast_const(np.arange(channels, dtype=np.int32) * width, rank, int(node.attrs["axis"]), "int32")
+    flat = R.reshape(table, [channels * width])
+    return R.take(flat, R.add(index, offsets), axis=0, mode="clip")
+
+
+def emit_qglobal_average_pool(e: _Emitter, node: Node) -> relax.Expr:
+    a = node.attrs
+    rank = len(e.shape(node.inputs[0]))
+    total = R.sum(_centered(e, e.operand(node, 0), int(a["x_zero_point"])), axis=list(range(2, rank)), keepdims=True)
+    return _requantize(e, total, a["multiplier"], a["shift"], rank, 0, a)
+
+
+def emit_qaverage_pool(e: _Emitter, node: Node) -> relax.Expr:
+    """Window sums as a depthwise convolution with a kernel of ones (padding adds zeros), then requantize."""
+    rank = _spatial_rank(node, e)
+    a = node.attrs
+    channels = e.shape(node.inputs[0])[1]
+    ones = relax.const(np.ones([channels, 1, *a["kernel_shape"]], np.int32))
+    conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
+    total = conv(_centered(e, e.operand(node, 0), int(a["x_zero_point"])), ones, strides=list(a["strides"]),
+                 padding=list(a["pads"]), groups=channels, out_dtype="int32")
+    return _requantize(e, e.emit(total), a["multiplier"], a["shift"], rank + 2, 0, a)
+
+
+def emit_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
+    a = node.attrs
+    axis = int(a["axis"])
+    q = e.emit(R.astype(e.operand(node, 0), "int32"))
+    steps = R.subtract(R.max(q, axis=axis, keepdims=True), q)
+    exps = e.emit(R.take(R.astype(e.operand(node, 1), "int64"), steps, axis=0, mode="clip"))
+    total = e.emit(R.sum(exps, axis=axis, keepdims=True))
+    numerator = R.add(R.multiply(exps, _scalar(256, "int64")), R.floor_divide(total, _scalar(2, "int64")))
+    probs = R.floor_divide(numerator, total)
+    if a["out_zero_point"]:
+        probs = R.add(probs, _scalar(a["out_zero_point"], "int64"))
+    probs = R.minimum(R.maximum(probs, _scalar(a["out_min"], "int64")), _scalar(a["out_max"], "int64"))
+    return R.astype(probs, a["out_dtype"])
+
+
+# ---------------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------------
 EMITTERS: dict[str, Emitter] = {
@@ -673,4 +842,8 @@ EMITTERS: dict[str, Emitter] = {
     "Transpose": emit_transpose, "Concat": emit_concat, "Split": emit_split, "Slice": emit_slice,
     "Expand": emit_expand, "Gather": emit_gather, "Pad": emit_pad, "Tile": emit_tile,
     "DepthToSpace": emit_depth_to_space,
+    # quantized (integer) ops
+    "QuantizeLinear": emit_quantize_linear, "DequantizeLinear": emit_dequantize_linear,
+    "QConv": emit_qconv, "QMatMul": emit_qmatmul, "QAdd": emit_qadd, "QMul": emit_qmul, "QLookup": emit_qlookup,
+    "QGlobalAveragePool": emit_qglobal_average_pool, "QAveragePool": emit_qaverage_pool, "QSoftmax": emit_qsoftmax,
 }

@@ -5,6 +5,8 @@
                                 output_dir="out/model")
     outputs = artifact.run({"input": x})
     same = bitsmith.Artifact.load("out/model")      # verifies every file's SHA-256 before loading code
+    int8 = bitsmith.compile("model.onnx", target="host", input_shapes=shapes, recipe="w8a8",
+                            calibration=calibration_batches)  # integer-only, bit-exact vs the integer reference
 
     graph = bitsmith.load_model("model.onnx", {"input": (8, 3, 224, 224)})      # the typed IR
     q = bitsmith.quantize(graph, bitsmith.preset("w8a8"), calibration_batches)  # annotated with QuantSpecs

@@ -225,9 +225,13 @@ _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 @kernel("MaxPool")
 def _max_pool(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
-    x, padding = _pad_input(xs[0], attrs["pads"], value=-math.inf)
+    source = xs[0]
+    # integer codes (the integer path pools codes; padding never wins) pool exactly in float64
+    x = source if source.dtype.is_floating_point else source.to(torch.float64)
+    x, padding = _pad_input(x, attrs["pads"], value=-math.inf)
     pool = _MAXPOOL[x.dim() - 2]
-    return [pool(x, attrs["kernel_shape"], attrs["strides"], padding, attrs["dilations"], bool(attrs["ceil_mode"]))]
+    y = pool(x, attrs["kernel_shape"], attrs["strides"], padding, attrs["dilations"], bool(attrs["ceil_mode"]))
+    return [y.to(source.dtype)]
 
 
 @kernel("AveragePool")
@@ -398,6 +402,153 @@ def _depth_to_space(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
     else:
         y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
     return [y.reshape(n, c // (b * b), h * b, w * b)]
+
+
+# -- quantized (integer) ops: exact arithmetic only (ops.QUANTIZED_OPS, docs/design/integer_lowering.md) ----
+# Products of codes accumulate in float64, exact while |acc| < 2^53 (any K < 2^37 for 8-bit codes), then
+# become int64; requantization is int64 multiply, add and arithmetic shift. The TVM emitters compute the
+# same integers with int32 accumulation, so both agree bit for bit.
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _along(param: Tensor, rank: int, axis: int) -> Tensor:
+    """A scalar or per-channel (1-D) parameter shaped to broadcast along `axis` of a rank-`rank` tensor."""
+    if param.numel() == 1:
+        return param.reshape(())
+    return param.reshape([-1 if d == axis else 1 for d in range(rank)])
+
+
+def requantize(acc: Tensor, multiplier: Tensor | int, shift: Tensor | int, zero_point: int,
+               out_min: int, out_max: int) -> Tensor:
+    """clamp(((acc * M + 2^(s-1)) >> s) + zero_point, out_min, out_max) in int64 (`>>` rounds down)."""
+    multiplier = torch.as_tensor(multiplier, dtype=torch.int64)
+    shift = torch.as_tensor(shift, dtype=torch.int64)
+    rounding = torch.bitwise_left_shift(torch.ones_like(shift), shift - 1)
+    scaled = torch.bitwise_right_shift(acc.to(torch.int64) * multiplier + rounding, shift)
+    return (scaled + int(zero_point)).clamp(int(out_min), int(out_max))
+
+
+def _checked_int32(acc: Tensor, where: str) -> Tensor:
+    if acc.numel() and (int(acc.min()) < INT32_MIN or int(acc.max()) > INT32_MAX):
+        raise UnsupportedError(f"{where}: the accumulator leaves the int32 range")
+    return acc
+
+
+def _epilogue(acc: Tensor, params: list[Tensor], attrs: dict[str, Any], axis: int, where: str) -> Tensor:
+    """The requantize or float epilogue of QConv / QMatMul on an int64 accumulator."""
+    acc = _checked_int32(acc, where)
+    rank = acc.dim()
+    if attrs["epilogue"] == "float":
+        (out_scale,) = params
+        return acc.to(torch.float32) * _along(out_scale.to(torch.float32), rank, axis)
+    multiplier, shift = (_along(p.to(torch.int64), rank, axis) for p in params)
+    out = requantize(acc, multiplier, shift, attrs["out_zero_point"], attrs["out_min"], attrs["out_max"])
+    return out.to(TORCH_DTYPES[attrs["out_dtype"]])
+
+
+@kernel("QuantizeLinear")
+def _quantize_linear(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    x, scale, zero_point = xs
+    rank = x.dim()
+    scale = _along(scale.to(torch.float32), rank, attrs["axis"])
+    zero_point = _along(zero_point.to(torch.int32), rank, attrs["axis"])
+    scaled = x.to(torch.float32) / scale
+    scaled = torch.where(torch.isnan(scaled), torch.zeros_like(scaled), scaled)
+    low, high = (attrs["qmin"] - zero_point).to(torch.float32), (attrs["qmax"] - zero_point).to(torch.float32)
+    codes = torch.round(torch.minimum(torch.maximum(scaled, low), high)).to(torch.int32) + zero_point
+    return [codes.to(TORCH_DTYPES[attrs["dtype"]])]
+
+
+@kernel("DequantizeLinear")
+def _dequantize_linear(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    q, scale, zero_point = xs
+    rank = q.dim()
+    centered = q.to(torch.int32) - _along(zero_point.to(torch.int32), rank, attrs["axis"])
+    return [centered.to(torch.float32) * _along(scale.to(torch.float32), rank, attrs["axis"])]
+
+
+@kernel("QConv")
+def _qconv(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    x, w, w_zero_point, bias, *params = xs
+    rank = x.dim()
+    centered = x.to(torch.float64) - float(attrs["x_zero_point"])
+    weights = w.to(torch.float64) - _along(w_zero_point.to(torch.float64), rank, 0)
+    centered, padding = _pad_input(centered, attrs["pads"])
+    conv = _CONV[rank - 2]
+    acc = conv(centered, weights, None, attrs["strides"], padding, attrs["dilations"], attrs["group"])
+    acc = acc.to(torch.int64) + _along(bias.to(torch.int64), rank, 1)
+    return [_epilogue(acc, params, attrs, 1, "QConv")]
+
+
+@kernel("QMatMul")
+def _qmatmul(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    a, b, b_zero_point, bias, *params = xs
+    left = a.to(torch.float64) - float(attrs["a_zero_point"])
+    right = b.to(torch.float64) - _along(b_zero_point.to(torch.float64), b.dim(), b.dim() - 1)
+    acc = torch.matmul(left, right).to(torch.int64) + bias.to(torch.int64)
+    return [_epilogue(acc, params, attrs, acc.dim() - 1, "QMatMul")]
+
+
+@kernel("QAdd")
+def _qadd(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    a, b = (x.to(torch.int64) for x in xs)
+    total = (a - attrs["a_zero_point"]) * attrs["a_multiplier"] + (b - attrs["b_zero_point"]) * attrs["b_multiplier"]
+    out = requantize(total, 1, attrs["shift"], attrs["out_zero_point"], attrs["out_min"], attrs["out_max"])
+    return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
+
+
+@kernel("QMul")
+def _qmul(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    a, b = (x.to(torch.int64) for x in xs)
+    product = (a - attrs["a_zero_point"]) * (b - attrs["b_zero_point"])
+    out = requantize(product, attrs["multiplier"], attrs["shift"], attrs["out_zero_point"], attrs["out_min"],
+                     attrs["out_max"])
+    return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
+
+
+@kernel("QLookup")
+def _qlookup(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    q, table = xs
+    index = q.to(torch.int64) - attrs["qmin"]
+    if table.dim() == 1:
+        return [table[index]]
+    axis, width = attrs["axis"], table.shape[1]
+    channel = _along(torch.arange(table.shape[0], dtype=torch.int64, device=q.device), q.dim(), axis)
+    return [table.reshape(-1)[channel * width + index]]
+
+
+@kernel("QGlobalAveragePool")
+def _qglobal_average_pool(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    x = xs[0].to(torch.int64) - attrs["x_zero_point"]
+    total = x.sum(dim=tuple(range(2, x.dim())), keepdim=True)
+    out = requantize(total, attrs["multiplier"], attrs["shift"], attrs["out_zero_point"], attrs["out_min"],
+                     attrs["out_max"])
+    return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
+
+
+@kernel("QAveragePool")
+def _qaverage_pool(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    centered = xs[0].to(torch.float64) - attrs["x_zero_point"]
+    centered, padding = _pad_input(centered, attrs["pads"])
+    pool = _AVGPOOL[centered.dim() - 2]
+    extra = {} if centered.dim() == 3 else {"divisor_override": 1}
+    total = pool(centered, attrs["kernel_shape"], attrs["strides"], padding, bool(attrs["ceil_mode"]), True, **extra)
+    if centered.dim() == 3:  # avg_pool1d has no divisor_override
+        total = total * int(np.prod(attrs["kernel_shape"]))
+    out = requantize(total.round().to(torch.int64), attrs["multiplier"], attrs["shift"], attrs["out_zero_point"],
+                     attrs["out_min"], attrs["out_max"])
+    return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
+
+
+@kernel("QSoftmax")
+def _qsoftmax(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    q, table = xs[0].to(torch.int64), xs[1].to(torch.int64)
+    axis = attrs["axis"]
+    exps = table[q.amax(dim=axis, keepdim=True) - q]
+    total = exps.sum(dim=axis, keepdim=True)
+    probs = torch.div(exps * 256 + torch.div(total, 2, rounding_mode="floor"), total, rounding_mode="floor")
+    out = (probs + attrs["out_zero_point"]).clamp(attrs["out_min"], attrs["out_max"])
+    return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
 
 
 # -- running graphs -----------------------------------------------------------------------------

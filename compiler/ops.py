@@ -64,3 +64,60 @@ OPS: dict[str, tuple[str, ...]] = {
     "Tile": ("repeats",),
     "DepthToSpace": ("blocksize", "mode"),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized (integer) ops: what passes/lower_integer.py produces (docs/design/integer_lowering.md)
+# ---------------------------------------------------------------------------------------------
+# Semantics use only exact arithmetic: integer add / subtract / multiply / arithmetic shift / division
+# (int64), and correctly rounded float32 elementwise operations (x / scale, q * scale). Activations are
+# quantized per tensor, so their zero points are scalar attributes; per-channel data (weights, weight
+# zero points, biases, multipliers, shifts, tables) are constant inputs. Ops that compute codes name
+# their output's code type `out_dtype` (uint8 / int8, or float32 for a float epilogue) and code range
+# `out_min` / `out_max` (the format's range, narrowed by a fused Relu / Clip).
+#
+# requant(v, M, s, zo) = clamp(((v * M + 2^(s-1)) >> s) + zo, out_min, out_max), all int64; M in
+# [2^30, 2^31) and s in [1, 62] per output channel or per tensor (dyadic multiplier, M / 2^s ~ the real
+# rescale factor). `>>` is the arithmetic shift (floor), so ties round toward +infinity.
+QUANTIZED_OPS: dict[str, tuple[str, ...]] = {
+    # inputs: x float32, scale float32 (scalar or [C] along axis), zero_point int32 (same shape).
+    # clamp(rne(x / scale) + zero_point, qmin, qmax) with a float32 division; NaN -> zero_point.
+    # `dtype` is the code type (uint8 / int8); `axis` is ignored for a scalar scale.
+    "QuantizeLinear": ("axis", "dtype", "qmin", "qmax"),
+    # inputs: q (codes), scale, zero_point as above; float32(q - zero_point) * scale.
+    "DequantizeLinear": ("axis",),
+    # inputs: x codes, w codes (constant), w_zero_point int32 (scalar or [Cout]), bias int32 [Cout],
+    # then multiplier int64 and shift int64 (scalar or [Cout]) for epilogue "requantize", or out_scale
+    # float32 (scalar or [Cout]) for epilogue "float".
+    # acc = sum((x - x_zero_point) * (w - w_zero_point)) + bias (the padding pads x - x_zero_point with 0);
+    # "requantize": requant(acc, multiplier, shift, out_zero_point) as `out_dtype` codes;
+    # "float": float32(acc) * out_scale (float32 output; out_zero_point / out_min / out_max unused).
+    "QConv": ("strides", "pads", "dilations", "group", "x_zero_point", "epilogue", "out_zero_point",
+              "out_min", "out_max", "out_dtype"),
+    # inputs: a codes [..., K], b codes [K, N] (or [..., K, N]), b_zero_point int32 (scalar or [N]),
+    # bias int32 [N], then the epilogue operands as QConv (per output column N).
+    "QMatMul": ("a_zero_point", "epilogue", "out_zero_point", "out_min", "out_max", "out_dtype"),
+    # inputs: a, b codes (numpy broadcasting);
+    # clamp((((a - a_zp) * a_multiplier + (b - b_zp) * b_multiplier + 2^(shift-1)) >> shift) + out_zp, ...)
+    "QAdd": ("a_zero_point", "b_zero_point", "a_multiplier", "b_multiplier", "shift", "out_zero_point",
+             "out_min", "out_max", "out_dtype"),
+    # inputs: a, b codes (numpy broadcasting); requant((a - a_zp) * (b - b_zp), multiplier, shift, out_zp)
+    "QMul": ("a_zero_point", "b_zero_point", "multiplier", "shift", "out_zero_point", "out_min", "out_max",
+             "out_dtype"),
+    # inputs: q codes, table (the output codes): [2^bits] or [C, 2^bits] (one table per index of `axis`).
+    # table[q - qmin] (or table[c, q - qmin]); the output dtype is the table's.
+    "QLookup": ("qmin", "axis"),
+    # input: x codes [N, C, spatial...]; requant(sum over spatial of (x - x_zero_point)), the 1 / count
+    # of the mean folded into the multiplier.
+    "QGlobalAveragePool": ("x_zero_point", "multiplier", "shift", "out_zero_point", "out_min", "out_max",
+                           "out_dtype"),
+    # input: x codes; AveragePool whose every window counts `kernel_shape` elements (no padding, or
+    # count_include_pad=1, padding x - x_zero_point with 0); requant(window sum of (x - x_zero_point)).
+    "QAveragePool": ("kernel_shape", "strides", "pads", "ceil_mode", "x_zero_point", "multiplier", "shift",
+                     "out_zero_point", "out_min", "out_max", "out_dtype"),
+    # inputs: q codes, exp_table int64 [256]: exp_table[d] = rne(2^30 * exp(-d * x_scale)).
+    # Along `axis`: e = exp_table[max(q) - q], total = sum(e) (int64), p = (e * 256 + total // 2) // total,
+    # output clamp(p + out_zero_point, out_min, out_max): scale 1/256.
+    "QSoftmax": ("axis", "out_zero_point", "out_min", "out_max", "out_dtype"),
+}
+OPS.update(QUANTIZED_OPS)

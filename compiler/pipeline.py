@@ -11,7 +11,7 @@ import logging
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from . import __version__, targets
 from .artifact import GRAPH, Artifact, TensorSpec, write_artifact
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .ir import Graph, verify
 from .ops import OPS
+from .recipes import PRESETS, QuantRecipe, preset
 from .serialize import graph_to_json
 
 log = logging.getLogger("bitsmith")
@@ -84,32 +85,92 @@ def versions() -> dict[str, str]:
             "onnx": onnx.__version__, "numpy": np.__version__}
 
 
+def resolve_recipe(recipe: str | QuantRecipe | None) -> QuantRecipe | None:
+    """A recipe given by preset name (bitsmith.PRESETS) or as a QuantRecipe; None for FP32."""
+    if recipe is None or isinstance(recipe, QuantRecipe):
+        return recipe
+    if isinstance(recipe, str):
+        return preset(recipe)
+    raise UsageError(f"recipe must be a preset name ({', '.join(PRESETS)}) or a QuantRecipe, "
+                     f"not {type(recipe).__name__}")
+
+
 def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
                   input_shapes: dict[str, tuple[int, ...]] | None = None,
-                  output_dir: str | Path | None = None, quiet: bool = False) -> Artifact:
+                  output_dir: str | Path | None = None, quiet: bool = False,
+                  recipe: str | QuantRecipe | None = None,
+                  calibration: Iterable[Mapping[str, np.ndarray]] | None = None) -> Artifact:
     """Compile `model` for `target` and write a verified artifact (to `output_dir`, or a new
-    temporary directory). Returns the loaded Artifact."""
+    temporary directory). Returns the loaded Artifact.
+
+    With a `recipe` (a preset name such as "w8a8", or a QuantRecipe) the model is quantized on the
+    `calibration` feeds (a list of {input name: array} with the compiled input shapes; required when the
+    recipe quantizes activations or runs data-driven algorithms: DataError otherwise), lowered to
+    integer ops (passes/lower_integer.py) and built from those: the artifact computes exactly what
+    bitsmith's integer reference computes on the lowered graph (graph.json).
+    """
     target = targets.load(target) if isinstance(target, str) else target
     backend = backend_for(target)
+    recipe = resolve_recipe(recipe)
+    feeds = _calibration_feeds(recipe, calibration)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="bitsmith-")) / "artifact"
-    progress = Progress(["import", "emit", "build", "write"], quiet)
+    stages = ["import", *(["quantize", "lower"] if recipe is not None else []), "emit", "build", "write"]
+    progress = Progress(stages, quiet)
     try:
         with progress.stage("import"):
             graph = load_model(model, input_shapes)
+        compiled = graph
+        if recipe is not None:
+            from .passes.lower_integer import lower_integer
+            from .quantize import quantize
+
+            with progress.stage("quantize"):
+                quantized = quantize(graph, recipe, feeds, quiet=quiet)
+            with progress.stage("lower"):
+                compiled = lower_integer(quantized)
+                verify(compiled, OPS)
         with progress.stage("emit"):
             from .backends.relax_emit import emit_relax
 
-            emitted = emit_relax(graph)
+            emitted = emit_relax(compiled)
         with progress.stage("build"):
             executable = backend.build(emitted, target)
         with progress.stage("write"):
             manifest = _manifest(graph, target, model)
-            params = {name: graph.constants[name] for name in emitted.param_names}
+            if recipe is not None:
+                manifest["precision"] = recipe.name
+                manifest["formats"] = _formats(recipe, compiled)
+            params = {name: compiled.constants[name] for name in emitted.param_names}
             write_artifact(out, manifest=manifest, export_library=lambda p: backend.export(executable, p),
-                           params=params, extra_files={GRAPH: json.dumps(graph_to_json(graph), indent=1, sort_keys=True)})
+                           params=params,
+                           extra_files={GRAPH: json.dumps(graph_to_json(compiled), indent=1, sort_keys=True)})
     finally:
         progress.close()
     return Artifact.load(out)
+
+
+def _calibration_feeds(recipe: QuantRecipe | None, calibration: Iterable[Mapping[str, np.ndarray]] | None
+                       ) -> list[Mapping[str, np.ndarray]]:
+    if recipe is None:
+        if calibration is not None:
+            raise UsageError("calibration data was given without a recipe; pass recipe= (e.g. 'w8a8') to quantize")
+        return []
+    feeds = list(calibration) if calibration is not None else []
+    if not feeds and (recipe.activations is not None or recipe.algorithms):
+        raise DataError(f"recipe {recipe.name!r} quantizes activations or runs data-driven algorithms "
+                        f"({', '.join(recipe.algorithms) or 'calibration'}): pass calibration=[{{input name: array}}, "
+                        "...] with real inputs of the compiled shapes")
+    return feeds
+
+
+def _formats(recipe: QuantRecipe, lowered: Graph) -> dict[str, Any]:
+    """The manifest's "formats": the recipe, how each weighted layer was lowered and with which formats,
+    and the formats computed by emulation (fake-quantized float) rather than native integer kernels."""
+    report = lowered.metadata.get("integer_lowering", {})
+    return {"weights": recipe.weights, "activations": recipe.activations,
+            "weight_granularity": recipe.weight_granularity, "algorithms": list(recipe.algorithms),
+            "layers": report.get("layers", []), "emulated": report.get("emulated", []),
+            "ops": lowered.op_counts()}
 
 
 def _manifest(graph: Graph, target: targets.Target, model: ModelLike) -> dict[str, Any]:

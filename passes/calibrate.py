@@ -4,6 +4,10 @@ Observers stream over batches with memory independent of the data set (bitsmith.
 percentile, MSE-optimal clipping, or entropy (KL, TensorRT-style). Tied values (quant_points) share one
 observer, so their ranges and specs agree by construction. The model runs in float; weights may
 already be quantized (the observed activations then include the weights' error, as deployed).
+
+Integer activation formats place quantizers for the integer lowering (quant_points' widened region,
+recorded as graph.metadata["activation_region"] = "integer"); there the outputs of a quantized Softmax
+get the fixed spec of QSoftmax (scale 1/256, zero point at the lowest code) instead of an observed one.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..formats import choose_spec, format_info
 from ..interpreter import check_feeds
-from ..ir import Graph
+from ..ir import Graph, Node, QuantSpec
 from ..observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from ..simulate import Simulator
 from .base import Pass
@@ -65,7 +69,16 @@ class Calibrate(Pass):
 
     def run(self, graph: Graph) -> Graph:
         check_calibration_feeds(graph, self.feeds)
+        if not format_info(self.fmt).is_float:  # integer codes: the region the integer lowering needs
+            graph.metadata["activation_region"] = "integer"
         groups = tied_groups(graph)
+        producers = graph.producers()
+        fixed = {i: spec for i, group in enumerate(groups)
+                 if (spec := self.fixed_spec(group, producers)) is not None}
+        for i, spec in fixed.items():
+            for name in groups[i]:
+                graph.values[name].quant = spec
+        groups = [group for i, group in enumerate(groups) if i not in fixed]
         observers = [make_observer(self.observer, self.fmt, self.symmetric) for _ in groups]
         members = [name for group in groups for name in group]
         simulator = Simulator(graph, quantized=True)
@@ -82,3 +95,12 @@ class Calibrate(Pass):
                 graph.values[name].quant = spec
         log.info("calibrated %d activation groups (%d values) with %s", len(groups), len(members), self.observer)
         return graph
+
+    def fixed_spec(self, group: list[str], producers: dict[str, Node]) -> QuantSpec | None:
+        """Softmax outputs of an integer region: scale 1/256 from the format's lowest code (QSoftmax's
+        output; probabilities in [0, 1] need no calibration). None for every other group."""
+        info = format_info(self.fmt)
+        if info.is_float or info.bits != 8 or not any(
+                name in producers and producers[name].op == "Softmax" for name in group):
+            return None
+        return QuantSpec(self.fmt, 8, scale=np.float32(1 / 256), zero_point=np.int32(info.qmin), symmetric=False)

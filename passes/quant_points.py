@@ -13,6 +13,17 @@ Activations: the integer region grows backwards from the inputs of Conv / ConvTr
   border: the value is quantized where it is produced (fused requantize, or a float op's output).
 Tied groups are the connected components of the tie relation (networkx), so two quantizers that
 must agree are found from the graph alone, and `check_ties` proves they do.
+
+Integer activation formats widen the region (`integer=True`; Calibrate records it in
+graph.metadata["activation_region"] = "integer"), so that the integer lowering (passes/lower_integer.py)
+leaves no float island between the input quantizer and the outputs:
+- Mul of two activations propagates like Add (QMul);
+- a Softmax over the logits of a weighted op is quantized, its output with the fixed scale 1/256 (see
+  Calibrate), its input with its own (QSoftmax);
+- a unary elementwise subgraph (`lookup_region`: elementwise nodes whose only non-constant input is one
+  activation x, e.g. PRelu, HardSigmoid, HardSwish spelled Add/Clip/Mul/Div, GELU spelled with Erf) whose
+  output is quantized gets x quantized too: it becomes a lookup table over x's codes (`_widens` names
+  the exceptions: a weighted op's fused Relu / Clip, per-channel rescalings).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 
 from ..errors import IRError
 from ..ir import Graph, Node
@@ -28,6 +40,11 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul")
 SCALE_PRESERVING = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Split",
                     "DepthToSpace", "Resize")
 INTEGER_ARITHMETIC = ("Add", "AveragePool", "GlobalAveragePool")
+# ops computing each output element from the same element of their (broadcast) inputs
+ELEMENTWISE = ("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Erf", "Floor", "Ceil",
+               "Round", "Sin", "Cos", "Softplus", "Clip", "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Gelu",
+               "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu")
+CLAMPS = ("Relu", "Clip")
 
 
 @dataclass(frozen=True)
@@ -75,19 +92,173 @@ def _is_tying(node: Node) -> bool:
     return node.op in SCALE_PRESERVING
 
 
-def _propagates(graph: Graph, node: Node) -> bool:
-    """Integer-arithmetic ops propagate quantization to their inputs; Add only between two activations."""
-    if node.op == "Add":
-        return all(_is_activation(graph, i) for i in node.inputs)
+def _propagates(graph: Graph, node: Node, integer: bool = False) -> bool:
+    """Integer-arithmetic ops propagate quantization to their inputs; Add (and in the integer region Mul)
+    only between two activations."""
+    if node.op == "Add" or (integer and node.op == "Mul"):
+        return len(node.inputs) == 2 and all(_is_activation(graph, i) for i in node.inputs)
     return node.op in INTEGER_ARITHMETIC
 
 
-def activation_points(graph: Graph) -> tuple[set[str], list[tuple[str, str]]]:
-    """(activations to quantize, tie edges between them)."""
+def is_integer_region(graph: Graph) -> bool:
+    """True when the graph's activation quantizers were placed for the integer lowering (widened region)."""
+    return graph.metadata.get("activation_region") == "integer"
+
+
+def epilogue_bias(graph: Graph, weighted: Node, add: Node) -> np.ndarray | None:
+    """The per-output-channel bias that `add` (Add of a constant to the weighted op's output) adds, as a
+    1-D float32 array, or None when the constant does not broadcast along the output channels only."""
+    if add.op != "Add" or len(add.inputs) != 2 or weighted.outputs[0] not in add.inputs:
+        return None
+    other = [i for i in add.inputs if i != weighted.outputs[0]]
+    constant = graph.constants.get(other[0]) if other else None
+    if constant is None or constant.dtype != np.float32:
+        return None
+    shape = graph.values[weighted.outputs[0]].shape
+    if weighted.op == "MatMul":
+        channel_axis = len(shape) - 1
+    elif weighted.op == "Conv":
+        channel_axis = 1
+    else:
+        return None
+    if constant.ndim > len(shape):
+        return None
+    aligned = (1,) * (len(shape) - constant.ndim) + constant.shape
+    if any(d != 1 for axis, d in enumerate(aligned) if axis != channel_axis):
+        return None
+    if aligned[channel_axis] not in (1, shape[channel_axis]):
+        return None
+    return np.broadcast_to(constant.reshape(-1), (shape[channel_axis],)).astype(np.float32)
+
+
+def weighted_chain(graph: Graph, node: Node, consumers: dict[str, list[Node]]) -> list[Node]:
+    """A weighted op and the bias Add that may follow it ([node] or [node, add]): the Add is part of the
+    op when it is the op's only reader and adds a per-output-channel constant (`epilogue_bias`)."""
+    out = node.outputs[0]
+    users = consumers.get(out, [])
+    if len(users) == 1 and out not in graph.outputs and graph.values[out].quant is None \
+            and epilogue_bias(graph, node, users[0]) is not None:
+        return [node, users[0]]
+    return [node]
+
+
+def _weighted_output(graph: Graph, name: str, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> bool:
+    """True for the output of a weighted op, or of its bias Add (`weighted_chain`)."""
+    node = producers.get(name)
+    if node is None:
+        return False
+    if node.op in WEIGHTED_OPS:
+        return True
+    if node.op == "Add":
+        for i in node.inputs:
+            source = producers.get(i)
+            if (source is not None and source.op in WEIGHTED_OPS
+                    and weighted_chain(graph, source, consumers)[-1] is node):
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class LookupRegion:
+    """Elementwise nodes (graph order) computing `output` from the one activation `input` and constants;
+    `axis` is the axis of `input` along which the constants vary (None: they are scalars)."""
+
+    nodes: tuple[Node, ...]
+    input: str
+    output: str
+    axis: int | None
+
+
+def lookup_region(graph: Graph, name: str, producers: dict[str, Node] | None = None,
+                  consumers: dict[str, list[Node]] | None = None, stop: set[str] | frozenset = frozenset()
+                  ) -> LookupRegion | None:
+    """The unary elementwise subgraph computing activation `name`, or None.
+
+    Grows backwards from `name`'s producer through elementwise nodes, absorbing a value only when it
+    is a float activation read by that node alone, not a graph output, not in `stop`, and not the output
+    of a weighted op (or its bias Add). The region must have exactly one non-constant input x, keep x's
+    shape throughout, and its constants must vary along at most one axis of x (per-channel tables).
+    """
+    producers = graph.producers() if producers is None else producers
+    consumers = graph.consumers() if consumers is None else consumers
+    node = producers.get(name)
+    if node is None or node.op not in ELEMENTWISE or len(node.outputs) != 1 or not _is_activation(graph, name):
+        return None
+    if _weighted_output(graph, name, producers, consumers):  # a bias Add belongs to its weighted op
+        return None
+    members: dict[str, Node] = {}
+    external: set[str] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.name in members:
+            continue
+        members[current.name] = current
+        for value in current.inputs:
+            if not value or value in graph.constants:
+                continue
+            source = producers.get(value)
+            absorbable = (source is not None and source.op in ELEMENTWISE and len(source.outputs) == 1
+                          and _is_activation(graph, value) and value not in graph.outputs and value not in stop
+                          and len(consumers.get(value, [])) == 1
+                          and not _weighted_output(graph, value, producers, consumers))
+            if absorbable:
+                stack.append(source)
+            else:
+                external.add(value)
+    if len(external) != 1:
+        return None
+    (source,) = external
+    if not _is_activation(graph, source):
+        return None
+    shape = graph.values[source].shape
+    axes: set[int] = set()
+    for member in members.values():
+        if any(graph.values[o].shape != shape for o in member.outputs):
+            return None
+        for value in member.inputs:
+            if value in graph.constants:
+                constant = graph.constants[value]
+                if constant.ndim > len(shape) or constant.dtype.kind != "f":
+                    return None
+                aligned = (1,) * (len(shape) - constant.ndim) + constant.shape
+                axes |= {axis for axis, d in enumerate(aligned) if d != 1}
+    if len(axes) > 1:
+        return None
+    order = [n for n in graph.nodes if n.name in members]
+    return LookupRegion(tuple(order), source, name, axes.pop() if axes else None)
+
+
+def _widens(graph: Graph, region: LookupRegion, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> bool:
+    """Whether a lookup region's input joins the integer region. Not for
+    - a lone Relu / Clip reading a weighted op's output (or its bias Add's) and nothing else does: that is
+      the weighted op's fused clamp;
+    - a per-channel rescaling (only Mul / Div by constants varying along an axis, e.g. SmoothQuant's
+      Mul(X, 1/s)): quantizing its input per tensor would undo what the rescaling is for."""
+    if (len(region.nodes) == 1 and region.nodes[0].op in CLAMPS
+            and len(consumers.get(region.input, [])) == 1 and region.input not in graph.outputs
+            and _weighted_output(graph, region.input, producers, consumers)):
+        return False
+    return not (region.axis is not None and all(n.op in ("Mul", "Div") for n in region.nodes))
+
+
+def _quantized_softmax(graph: Graph, node: Node, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> bool:
+    """A Softmax the integer region takes in (QSoftmax): over logits straight from a weighted op (and its
+    bias). Attention's Softmax over masked scores (Add of a -10000 mask) stays out until QSoftmax takes
+    the mask as a boolean input (integer_lowering.md, open points): quantizing the sum would lose the scores."""
+    return (node.op == "Softmax" and _is_activation(graph, node.inputs[0])
+            and _weighted_output(graph, node.inputs[0], producers, consumers))
+
+
+def activation_points(graph: Graph, integer: bool = False) -> tuple[set[str], list[tuple[str, str]]]:
+    """(activations to quantize, tie edges between them); `integer` widens the region (module docstring)."""
     producers = graph.producers()
+    consumers = graph.consumers() if integer else {}
     points: set[str] = set()
     ties: list[tuple[str, str]] = []
     work = [i for n in graph.nodes if n.op in WEIGHTED_OPS for i in n.inputs if _is_activation(graph, i)]
+    if integer:
+        work += [n.outputs[0] for n in graph.nodes if _quantized_softmax(graph, n, producers, consumers)]
     while work:
         name = work.pop()
         if name in points:
@@ -102,14 +273,21 @@ def activation_points(graph: Graph) -> tuple[set[str], list[tuple[str, str]]]:
             if node.op in ("Split", "Concat"):
                 ties += [(name, o) for o in node.outputs if o != name and o in graph.values]
             work += data
-        elif _propagates(graph, node):
+        elif _propagates(graph, node, integer):
             work += [i for i in node.inputs if _is_activation(graph, i)]
+        elif integer and _quantized_softmax(graph, node, producers, consumers):
+            work.append(node.inputs[0])
+        elif integer:
+            region = lookup_region(graph, name, producers, consumers)
+            if region is not None and _widens(graph, region, producers, consumers):
+                work.append(region.input)
     return points, ties
 
 
-def tied_groups(graph: Graph) -> list[list[str]]:
-    """Groups of activation values that must share one quantizer (singletons included), sorted."""
-    points, ties = activation_points(graph)
+def tied_groups(graph: Graph, integer: bool | None = None) -> list[list[str]]:
+    """Groups of activation values that must share one quantizer (singletons included), sorted.
+    `integer` (default: what graph.metadata records, `is_integer_region`) widens the region."""
+    points, ties = activation_points(graph, is_integer_region(graph) if integer is None else integer)
     relation = nx.Graph()
     relation.add_nodes_from(points)
     relation.add_edges_from((a, b) for a, b in ties if a in points or b in points)
