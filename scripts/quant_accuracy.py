@@ -198,7 +198,12 @@ def run_task(task: Task, workdir: Path, log) -> dict:
         log(f"{task.model}: {name} {metrics}")
     for name, method in ORT_CONFIGS.items():
         start = time.perf_counter()
-        session, options = ort_quantized_session(task, method, calib, workdir)
+        try:
+            session, options = ort_quantized_session(task, method, calib, workdir)
+        except Exception as exc:  # ORT's own tool failing is a result to report, not a reason to stop
+            result["configs"][name] = {"error": f"onnxruntime.quantization failed: {type(exc).__name__}: {exc}"}
+            log(f"{task.model}: {name} failed: {exc}")
+            continue
         metrics = task.metric(task, fp32, evaluate(lambda f: ort_run(session, f), feeds), extra)
         result["configs"][name] = {**metrics, "seconds": round(time.perf_counter() - start, 1)}
         if options:
@@ -217,8 +222,12 @@ def render(doc: dict) -> str:
                   f"w8a8 recipe chosen on held-out calibration data: **{r['w8a8_selection']['chosen']}**.", "",
                   "| config | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for config, m in r["configs"].items():
+            if "error" in m:
+                lines.append(f"| {config} | " + " | ".join("failed" for _ in keys) + " |")
+                continue
             lines.append(f"| {config} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |")
-        lines.append("")
+        failures = [f"- {c}: {m['error']}" for c, m in r["configs"].items() if "error" in m]
+        lines += (["", "Failures:", *failures] if failures else []) + [""]
     return "\n".join(lines)
 
 
@@ -230,12 +239,12 @@ def main() -> None:
     previous = RESULTS / "quant_accuracy.json"
     if previous.exists() and args.models != list(TASKS):
         doc["models"] = json.loads(previous.read_text())["models"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bitsmith-qacc-") as tmp:
         for model in args.models:
             doc["models"][model] = run_task(TASKS[model], Path(tmp), lambda m: print(m, flush=True))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    previous.write_text(json.dumps(doc, indent=1))
-    (RESULTS / "quant_accuracy.md").write_text(render(doc))
+            previous.write_text(json.dumps(doc, indent=1))  # after each model: a crash keeps what was measured
+            (RESULTS / "quant_accuracy.md").write_text(render(doc))
     print(render(doc))
 
 
