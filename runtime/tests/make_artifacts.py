@@ -39,6 +39,7 @@ SAMPLES = 3
 class Case:
     model: str                                              # a bitsmith.zoo model
     compile_options: dict[str, Any] = field(default_factory=dict)  # extra bitsmith.compile keywords
+    calibration_batches: int = 0                            # real calibration inputs (quantized cases)
 
 
 CASES: dict[str, Case] = {
@@ -46,7 +47,8 @@ CASES: dict[str, Case] = {
     "mobilenet_v2-fp32": Case("mobilenet_v2"),
     "minilm_l6-fp32": Case("minilm_l6"),
     "magika-fp32": Case("magika"),
-    # Quantized cases join here, e.g. "mtcnn_rnet-w8a8": Case("mtcnn_rnet", {"precision": "w8a8"}).
+    "mobilenet_v2-w8a8": Case("mobilenet_v2", {"recipe": "w8a8"}, calibration_batches=4),
+    "minilm_l6-w8a8": Case("minilm_l6", {"recipe": "w8a8"}, calibration_batches=4),
 }
 
 
@@ -83,8 +85,11 @@ def build(name: str, case: Case, case_dir: Path, key: str) -> None:
 
     tmp = case_dir.with_name(case_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    options = dict(case.compile_options)
+    if case.calibration_batches:
+        options["calibration"] = zoo.inputs(case.model, case.calibration_batches, split="calib")
     artifact = bitsmith.compile(zoo.onnx_path(case.model), "host", input_shapes=zoo.input_shapes(case.model),
-                                output_dir=tmp / "artifact", quiet=True, **case.compile_options)
+                                output_dir=tmp / "artifact", quiet=True, **options)
     feeds = zoo.inputs(case.model, SAMPLES, split="eval")
     for k, feed in enumerate(feeds):
         save(tmp / "inputs" / str(k), feed)
