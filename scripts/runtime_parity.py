@@ -1,7 +1,7 @@
 """Evidence for the C++ runtime: same outputs as Python, bit for bit, and how fast each runs.
 
-For every case (by default the FP32 artifacts the runtime's ctest uses: mtcnn_rnet, mobilenet_v2,
-minilm_l6, magika) this script
+For every case (by default the artifacts the runtime's ctest uses: FP32 mtcnn_rnet, mobilenet_v2,
+minilm_l6, magika and W8A8 mobilenet_v2, minilm_l6) this script
   - makes the artifact and real inputs with runtime/tests/make_artifacts.py (cached),
   - runs build/runtime/bitsmith-run on every sample and compares its outputs byte for byte with
     bitsmith.Artifact.run in this process,
@@ -143,7 +143,7 @@ def render(doc: dict) -> str:
     lines = [
         "# C++ runtime vs Python: outputs and latency",
         "",
-        f"`bitsmith-run` (C++, no Python) against `bitsmith.Artifact.run` on the same FP32 artifacts and real "
+        f"`bitsmith-run` (C++, no Python) against `bitsmith.Artifact.run` on the same artifacts (FP32 and W8A8) and real "
         f"inputs ({doc['samples']} samples per model for exactness), TVM_NUM_THREADS={doc['threads']} for both, "
         f"{doc['rounds']} alternating rounds of {doc['runs']} runs per side (medians). CPU: {doc['cpu']}; "
         f"1-minute load average {doc['load_average'][0]} before, {doc['load_average'][1]} after. "
@@ -177,7 +177,7 @@ def main() -> None:
             work = Path(tmp) / case
             work.mkdir()
             result = measure(case, work)
-            models[result["model"]] = result
+            models[case] = result
     doc = {"threads": ARGS.threads, "rounds": ARGS.rounds, "runs": ARGS.runs, "samples": min(m["samples"] for m in models.values()),
            "cpu": cpu_name(),
            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)], "bitsmith_version": bitsmith.__version__, "models": models}
