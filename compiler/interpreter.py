@@ -573,7 +573,7 @@ def execute(graph: Graph, env: dict[str, Tensor], keep: set[str] | None = None,
     for name, array in graph.constants.items():
         if name not in env:
             env[name] = torch.from_numpy(np.array(array))
-    remaining = _use_counts(graph)
+    remaining = use_counts(graph)
     keep = set(graph.outputs) | (keep or set())
     for node in graph.nodes:
         outs = run_node(node, [env[i] if i else None for i in node.inputs])
@@ -587,7 +587,8 @@ def execute(graph: Graph, env: dict[str, Tensor], keep: set[str] | None = None,
     return env
 
 
-def _use_counts(graph: Graph) -> dict[str, int]:
+def use_counts(graph: Graph) -> dict[str, int]:
+    """How many node inputs read each value (for freeing intermediates once consumed)."""
     counts: dict[str, int] = {}
     for node in graph.nodes:
         for name in node.inputs:

@@ -30,14 +30,18 @@ def fake_quant_activation(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 class Simulator:
-    """Runs `graph` with fake quantization (quantized=False: plain float, same code path)."""
+    """Runs `graph` with fake quantization (quantized=False: plain float, same code path).
 
-    def __init__(self, graph: Graph, quantized: bool = True, weights: Mapping[str, torch.Tensor] | None = None):
+    `quantize_activations=False` keeps activations in float while weights are fake-quantized (what
+    calibration observes)."""
+
+    def __init__(self, graph: Graph, quantized: bool = True, weights: Mapping[str, torch.Tensor] | None = None,
+                 quantize_activations: bool = True):
         self.graph = graph
         self.quantized = quantized
         self.constants = dict(weights) if weights is not None else self._constants()
         self.specs = {name: v.quant for name, v in graph.values.items()
-                      if quantized and v.quant is not None and name not in graph.constants}
+                      if quantized and quantize_activations and v.quant is not None and name not in graph.constants}
 
     def _constants(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -50,7 +54,8 @@ class Simulator:
             out[name] = tensor
         return out
 
-    def _on_value(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    def quantize_value(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The activation `name` as this simulator sees it (fake-quantized when it carries a spec)."""
         spec = self.specs.get(name)
         return tensor if spec is None else fake_quant_activation(tensor, spec)
 
@@ -58,7 +63,7 @@ class Simulator:
                 constants: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Torch in, torch out (autograd flows through); `constants` overrides weights by name."""
         env = {**self.constants, **(constants or {}), **inputs}
-        return execute(self.graph, env, set(keep), self._on_value if self.specs else None)
+        return execute(self.graph, env, set(keep), self.quantize_value if self.specs else None)
 
     def run(self, feeds: Mapping[str, np.ndarray], keep: Sequence[str] = ()) -> dict[str, np.ndarray]:
         check_feeds(self.graph, dict(feeds))

@@ -23,10 +23,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from ..interpreter import run_node
+from ..interpreter import run_node, use_counts
 from ..ir import Graph, Node
-from ..formats import fake_quant_torch
-from ..simulate import Simulator, fake_quant_activation
+from ..simulate import Simulator
 from .base import Pass
 from .quant_points import weight_points
 
@@ -54,12 +53,12 @@ class BiasCorrection(Pass):
 def _lockstep(graph: Graph, feeds: list[Mapping[str, np.ndarray]], biases: dict[str, str]) -> None:
     """Run float and deployed models side by side, correcting biases as the layers are reached."""
     float_sim, quant_sim = Simulator(graph, quantized=False), Simulator(graph, quantized=True)
-    remaining = _use_counts(graph)
+    remaining = use_counts(graph)
     float_envs, quant_envs = [], []
     for f in feeds:
         inputs = {k: torch.from_numpy(np.array(v)) for k, v in f.items()}
         float_envs.append(dict(inputs))
-        quant_envs.append({k: quant_sim._on_value(k, v) for k, v in inputs.items()})
+        quant_envs.append({k: quant_sim.quantize_value(k, v) for k, v in inputs.items()})
     with torch.no_grad():
         for node in graph.nodes:
             float_outs = [run_node(node, _operands(node, env, float_sim)) for env in float_envs]
@@ -72,21 +71,21 @@ def _lockstep(graph: Graph, feeds: list[Mapping[str, np.ndarray]], biases: dict[
             for env, outs in zip(float_envs, float_outs):
                 env.update(zip(node.outputs, outs))
             for env, outs in zip(quant_envs, quant_outs):
-                env.update((name, quant_sim._on_value(name, value)) for name, value in zip(node.outputs, outs))
+                env.update((name, quant_sim.quantize_value(name, value)) for name, value in zip(node.outputs, outs))
             _free(node, remaining, float_envs + quant_envs)
 
 
-def _operands(node: Node, env: dict[str, torch.Tensor], sim: Simulator) -> list[torch.Tensor | None]:
-    return [None if not name else env[name] if name in env else sim.constants[name] for name in node.inputs]
-
-
-def _use_counts(graph: Graph) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            if name and name not in graph.constants:
-                counts[name] = counts.get(name, 0) + 1
-    return counts
+def _operands(node: Node, env: dict[str, torch.Tensor], sim: Simulator,
+              quantize: bool = False) -> list[torch.Tensor | None]:
+    """The node's operands from `env` (activations) and `sim` (weights, fake-quantized by a quantized
+    simulator); `quantize` also fake-quantizes activations as the simulator would."""
+    def operand(name: str) -> torch.Tensor | None:
+        if not name:
+            return None
+        if name in sim.constants:  # before env: a forward pass's env also holds the float weights
+            return sim.constants[name]
+        return sim.quantize_value(name, env[name]) if quantize else env[name]
+    return [operand(name) for name in node.inputs]
 
 
 def _free(node: Node, remaining: dict[str, int], envs: list[dict[str, torch.Tensor]]) -> None:
@@ -152,26 +151,15 @@ def _bias_of(graph: Graph, node: Node, consumers: dict[str, list[Node]]) -> str 
 def _local_shifts(graph: Graph, feeds: list[Mapping[str, np.ndarray]],
                   layers: list[tuple[Node, str]]) -> list[np.ndarray]:
     """Per layer, the per-channel mean of (deployed output - float output) on the layer's float inputs."""
-    float_sim = Simulator(graph, quantized=False)
+    float_sim, quant_sim = Simulator(graph, quantized=False), Simulator(graph, quantized=True)
     data_inputs = sorted({node.inputs[0] for node, _ in layers})
     sums: list[np.ndarray] = [np.zeros(0)] * len(layers)
     with torch.no_grad():
         for i, f in enumerate(feeds):
             env = float_sim.forward({k: torch.from_numpy(np.array(v)) for k, v in f.items()}, keep=data_inputs)
             for k, (node, _) in enumerate(layers):
-                deployed = run_node(node, _quantized_operands(graph, node, env))[0]
+                deployed = run_node(node, _operands(node, env, quant_sim, quantize=True))[0]
                 reference = run_node(node, _operands(node, env, float_sim))[0]
                 shift = _mean_shift(node, [deployed], [reference])
                 sums[k] = shift if i == 0 else sums[k] + shift
     return [total / len(feeds) for total in sums]
-
-
-def _quantized_operands(graph: Graph, node: Node, env: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    operands = []
-    for name in node.inputs:
-        tensor = env[name] if name in env else torch.from_numpy(np.array(graph.constants[name]))
-        spec = graph.values[name].quant
-        if spec is not None:
-            tensor = fake_quant_torch(tensor, spec, ste=False) if name in graph.constants else fake_quant_activation(tensor, spec)
-        operands.append(tensor)
-    return operands

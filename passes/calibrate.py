@@ -81,8 +81,8 @@ class Calibrate(Pass):
         groups = [group for i, group in enumerate(groups) if i not in fixed]
         observers = [make_observer(self.observer, self.fmt, self.symmetric) for _ in groups]
         members = [name for group in groups for name in group]
-        simulator = Simulator(graph, quantized=True)
-        simulator.specs = {}  # observe float activations (with the weights as quantized so far)
+        # observe float activations (with the weights as quantized so far)
+        simulator = Simulator(graph, quantized=True, quantize_activations=False)
         for feeds in tqdm(self.feeds, desc="calibrate", disable=self.quiet, leave=False):
             values = simulator.run(feeds, keep=members)
             for group, observer in zip(groups, observers):

@@ -121,8 +121,7 @@ def float_inputs(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]], names:
                  quantized_weights: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Per calibration batch, the named values of the model run in float (activations are never
     fake-quantized; weights are when `quantized_weights`)."""
-    simulator = Simulator(graph, quantized=quantized_weights)
-    simulator.specs = {}
+    simulator = Simulator(graph, quantized=quantized_weights, quantize_activations=False)
     for feed in feeds:
         with torch.no_grad():
             env = simulator.forward({k: torch.from_numpy(np.array(v)) for k, v in feed.items()}, keep=names)
