@@ -45,11 +45,12 @@ from bitsmith.backends.onnx_qdq import export_onnx
 from bitsmith.errors import IRError, UnsupportedError
 from bitsmith.formats import dequantize, dynamic_spec, fake_quant, fake_quant_torch, quantize
 from bitsmith.frontends.onnx import import_onnx
-from bitsmith.interpreter import execute
 from bitsmith.ir import Graph, QuantSpec
 from bitsmith.quantize import quantize as bitsmith_quantize
 from bitsmith.recipes import QuantRecipe, preset
-from bitsmith.simulate import Simulator, fake_quant_activation
+from bitsmith.simulate import Simulator
+
+from quant_probe import simulate_with_raw
 
 ort.set_default_logger_severity(3)  # ORT warns about every unused initializer of the quantized models
 TIE_TOL = 1e-5
@@ -89,25 +90,6 @@ def ort_static(name: str, fmt: QuantFormat, path) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
-def simulate_with_raw(graph: Graph, feeds: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The simulator's values (fake-quantized where annotated) and each quantized value before quantization."""
-    simulator = Simulator(graph)
-    raw: dict[str, torch.Tensor] = {}
-
-    def hook(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        spec = simulator.specs.get(name)
-        if spec is None:
-            return tensor
-        raw[name] = tensor
-        return fake_quant_activation(tensor, spec)
-
-    names = [o for n in graph.nodes for o in n.outputs if graph.values[o].quant is not None]
-    with torch.no_grad():
-        env = execute(graph, {**simulator.constants, **{k: torch.from_numpy(v) for k, v in feeds.items()}},
-                      set(names), hook)
-    return {n: env[n].numpy() for n in [*graph.outputs, *names]}, {n: raw[n].numpy() for n in names}
-
-
 def integer_activations(m: onnx.ModelProto, graph: Graph) -> dict[str, str]:
     """Every integer activation of an ONNX model (the output of QuantizeLinear or a QLinear op) -> the
     IR value standing for it: the DequantizeLinear output when that is an IR value (a graph output, or
@@ -130,7 +112,7 @@ def integer_activations(m: onnx.ModelProto, graph: Graph) -> dict[str, str]:
 def teacher_forced(graph: Graph, m: onnx.ModelProto, feeds: dict) -> dict:
     """Cut `m` at its integer activations, feed the simulator's codes, and check ORT's codes against
     them (see the module docstring). Returns the flip fraction and the worst midpoint distance."""
-    values, raw = simulate_with_raw(graph, feeds)
+    values, raw = simulate_with_raw(graph, feeds, [o for n in graph.nodes for o in n.outputs if graph.values[o].quant is not None])
     cuts = integer_activations(m, graph)
     assert cuts
     cut = onnx.ModelProto()

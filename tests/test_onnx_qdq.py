@@ -42,13 +42,14 @@ from bitsmith.backends.onnx_qdq import export_onnx, ort_runnable, required_opset
 from bitsmith.errors import UnsupportedError, UsageError
 from bitsmith.formats import choose_spec
 from bitsmith.frontends.onnx import import_onnx
-from bitsmith.interpreter import execute, run_graph
+from bitsmith.interpreter import run_graph
 from bitsmith.ir import Graph
 from bitsmith.quantize import quantize
 from bitsmith.recipes import QuantRecipe, preset
 from bitsmith.simulate import Simulator, fake_quant_activation
 
 from onnx_cases import cases, init, model, out, randn, rel_err, tensor_input
+from quant_probe import simulate_with_raw
 
 
 def _quant_chain() -> tuple[onnx.ModelProto, dict]:
@@ -134,32 +135,12 @@ def cut_at_activations(m: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:
     return cut
 
 
-def simulate_with_raw(qgraph: Graph, feeds: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The simulator's values (fake-quantized where annotated) and each quantized value before quantization."""
-    simulator = Simulator(qgraph)
-    raw: dict[str, torch.Tensor] = {}
-
-    def hook(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        spec = simulator.specs.get(name)
-        if spec is None:
-            return tensor
-        raw[name] = tensor
-        return fake_quant_activation(tensor, spec)
-
-    names = quantized_activations(qgraph)
-    with torch.no_grad():
-        env = execute(qgraph, {**simulator.constants, **{k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}},
-                      set(names), hook)
-    values = {n: env[n].numpy() for n in [*qgraph.outputs, *names]}
-    return values, {n: raw[n].numpy() for n in names}
-
-
 def teacher_forced_parity(qgraph: Graph, m: onnx.ModelProto, feeds: dict) -> dict:
     """Check ORT against the simulator segment by segment (see the module docstring); return
     {'flips': fraction of quantized elements on the other side of a boundary, 'tie': the worst
     distance of a flipped element from its boundary relative to its tensor's max |value|, 'float':
     the worst relative error of the float outputs, 'simulated': the simulator's values}."""
-    values, raw = simulate_with_raw(qgraph, feeds)
+    values, raw = simulate_with_raw(qgraph, feeds, quantized_activations(qgraph))
     names = quantized_activations(qgraph)
     got = ort_run(cut_at_activations(m, qgraph), {**feeds, **{n: values[n] for n in names}})
     flips, total, worst_tie = 0, 0, 0.0
