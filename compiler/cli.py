@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from . import targets
 from .errors import BitsmithError, UsageError
+from .feeds import load_feeds
 
 
 def parse_shape_hint(text: str) -> tuple[str, tuple[int, ...]]:
@@ -38,8 +39,12 @@ def _shape_hints(items: Sequence[str] | None) -> dict[str, tuple[int, ...]] | No
 def cmd_compile(args: argparse.Namespace) -> int:
     from .pipeline import compile_model
 
-    artifact = compile_model(args.model, args.target, input_shapes=_shape_hints(args.input_shape),
-                             output_dir=args.output, quiet=args.quiet)
+    hints = _shape_hints(args.input_shape)
+    calibration = None
+    if args.calibration:
+        calibration, hints = load_feeds(args.calibration, args.model, hints=hints)
+    artifact = compile_model(args.model, args.target, input_shapes=hints, output_dir=args.output,
+                             quiet=args.quiet, recipe=args.recipe, calibration=calibration)
     if not args.quiet:
         print(f"wrote {artifact.path} ({artifact.size_bytes() / 1e6:.2f} MB, target {artifact.target})")
     return 0
@@ -114,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "-t", default="host", help="target name (see `bitsmith targets`); default: host")
     p.add_argument("--output", "-o", required=True, help="artifact directory to write")
     p.add_argument("--input-shape", action="append", metavar="NAME=DxDx..", help="static shape of a dynamic input")
+    p.add_argument("--recipe", "-r", metavar="NAME",
+                   help="quantize with this preset (w8a8, w8_weight_only, w4a8, fp8_e4m3, mxfp4_weights); default: FP32")
+    p.add_argument("--calibration", metavar="FILE.npz",
+                   help="calibration samples: one array per input name, leading sample axis (see bitsmith.feeds)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_compile)
 
