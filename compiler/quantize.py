@@ -89,9 +89,9 @@ def quantize(graph: Graph, recipe: QuantRecipe, calibration: Iterable[Mapping[st
         check_calibration_feeds(graph, feeds)
     for p in _algorithms(recipe, "before_weights", feeds):
         graph = p(graph)
-    if recipe.weights is not None:
+    if recipe.quantizes_weights():
         graph = QuantizeWeights(recipe.weights, recipe.weight_granularity, recipe.weight_block_size,
-                                recipe.weight_clipping)(graph)
+                                recipe.weight_clipping, overrides=recipe.layer_formats)(graph)
     for p in _algorithms(recipe, "after_weights", feeds):
         graph = p(graph)
     if recipe.activations is not None:

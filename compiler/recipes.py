@@ -7,8 +7,17 @@ w4a8, fp8_e4m3, mxfp4_weights); a user may build any other combination.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Mapping, NamedTuple
 
 from .errors import UsageError
+
+
+class LayerFormat(NamedTuple):
+    """One weight's own format, overriding the recipe's: format None keeps that weight in float."""
+
+    format: str | None
+    granularity: str = "channel"
+    block_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,9 @@ class QuantRecipe:
     activation_observer: how activation ranges are calibrated (minmax, percentile, mse, entropy).
     weight_clipping: "mse" searches each channel's clipping range; "max" uses the channel's max.
     algorithms: PTQ passes to run, in order (e.g. "smoothquant", "gptq", "awq", "bias_correction").
+    layer_formats: per-weight overrides, weight name -> LayerFormat (or a (format, granularity,
+        block_size) tuple): mixed precision (bitsmith.precision.plan_precision writes these). Weights
+        not named get `weights`; with weights=None only the named ones are quantized.
     """
 
     name: str
@@ -32,6 +44,19 @@ class QuantRecipe:
     activation_observer: str = "mse"
     algorithms: tuple[str, ...] = ()
     options: dict[str, float | str] = field(default_factory=dict)
+    layer_formats: Mapping[str, LayerFormat] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        normalized = {str(name): LayerFormat(*spec) for name, spec in dict(self.layer_formats).items()}
+        object.__setattr__(self, "layer_formats", normalized)
+
+    def weight_format(self, name: str) -> LayerFormat:
+        """The format weight `name` gets: its override, else the recipe's weights setting."""
+        default = LayerFormat(self.weights, self.weight_granularity, self.weight_block_size)
+        return self.layer_formats.get(name, default)
+
+    def quantizes_weights(self) -> bool:
+        return self.weights is not None or any(f.format is not None for f in self.layer_formats.values())
 
     def with_(self, **changes: object) -> "QuantRecipe":
         return replace(self, **changes)  # type: ignore[arg-type]

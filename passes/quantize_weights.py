@@ -5,14 +5,22 @@ Clipping "mse" searches, per channel, the clipping ratio alpha in [0.5, 1] that 
 absolute maximum. Block formats (MX, NVFP4) take their scales from each block, as the OCP spec does.
 Weights keep their float values: algorithms such as GPTQ/AWQ rewrite them before this pass or
 through it; the spec says how they are quantized.
+
+`overrides` (weight name -> recipes.LayerFormat) gives single weights their own format, granularity
+and block size (mixed precision); an override with format None leaves that weight in float, and with
+fmt=None only the overridden weights are quantized.
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
+from ..errors import UsageError
 from ..formats import choose_spec, fake_quant, format_info
 from ..ir import Graph, QuantSpec
+from ..recipes import LayerFormat
 from .base import Pass
 from .quant_points import WeightPoint, weight_points
 
@@ -23,18 +31,36 @@ class QuantizeWeights(Pass):
     name = "quantize_weights"
     ensures = ("weights_quantized",)
 
-    def __init__(self, fmt: str = "int8", granularity: str = "channel", block_size: int | None = None,
-                 clipping: str = "mse", symmetric: bool = True) -> None:
+    def __init__(self, fmt: str | None = "int8", granularity: str = "channel", block_size: int | None = None,
+                 clipping: str = "mse", symmetric: bool = True,
+                 overrides: Mapping[str, LayerFormat] | None = None) -> None:
         self.fmt = fmt
         self.granularity = granularity
         self.block_size = block_size
         self.clipping = clipping
         self.symmetric = symmetric
+        self.overrides = dict(overrides or {})
 
     def run(self, graph: Graph) -> Graph:
-        for point in weight_points(graph).values():
-            graph.values[point.name].quant = self.spec_for(graph.constants[point.name], point)
+        points = weight_points(graph)
+        unknown = sorted(set(self.overrides) - set(points))
+        if unknown:
+            raise UsageError(f"quantize_weights: per-layer formats name {unknown}, which are not weights of "
+                             f"Conv/ConvTranspose/MatMul nodes in model {graph.name!r}; known weights: "
+                             f"{sorted(points)[:8]}{' ...' if len(points) > 8 else ''}")
+        for point in points.values():
+            quantizer = self.for_weight(point.name)
+            if quantizer.fmt is not None:
+                graph.values[point.name].quant = quantizer.spec_for(graph.constants[point.name], point)
         return graph
+
+    def for_weight(self, name: str) -> "QuantizeWeights":
+        """The quantizer of one weight: this one, or one built from the weight's override."""
+        override = self.overrides.get(name)
+        if override is None:
+            return self
+        return QuantizeWeights(override.format, override.granularity, override.block_size, self.clipping,
+                               self.symmetric)
 
     def spec_for(self, weight: np.ndarray, point: WeightPoint) -> QuantSpec:
         if self.granularity == "block" or format_info(self.fmt).is_block_format:
