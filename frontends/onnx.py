@@ -38,14 +38,16 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..errors import ModelError, UnsupportedError, UsageError
+from ..errors import BitsmithError, ModelError, UnsupportedError, UsageError
 from ..formats import dequantize, format_info, param_shape
 from ..interpreter import DTYPE_NAMES, TORCH_DTYPES, run_node
 from ..ir import DTYPES, Graph, Node, QuantSpec, verify
 from ..ops import OPS
+from .onnx_validate import onnx_diagnosis, tensor_array, validate
 
 MIN_OPSET, MAX_OPSET = 11, 23
 CONTROL_FLOW = {"If", "Loop", "Scan"}
+MAX_ELEMENTS = 2**31 - 1  # the largest tensor bitsmith accepts (8 GiB of float32); larger come from malformed shapes
 Converter = Callable[["_Importer", onnx.NodeProto], None]
 CONVERTERS: dict[str, Converter] = {}
 
@@ -91,6 +93,15 @@ def _parse(blob: bytes, source: str) -> onnx.ModelProto:
         raise ModelError(f"{source} does not contain an ONNX model (ir_version={proto.ir_version}, "
                          f"{len(proto.graph.node)} nodes); check that it is an .onnx file")
     return proto
+
+
+def _check_size(shape: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """`shape`, if a tensor of that shape fits the IR (32-bit element indices)."""
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise UnsupportedError(f"{what} has shape {list(shape)}: {math.prod(shape):,} elements, more than the "
+                               f"{MAX_ELEMENTS:,} bitsmith supports in one tensor; check the model's shapes and "
+                               "the input shapes given")
+    return shape
 
 
 def _default_name(proto: onnx.ModelProto, source: str) -> str:
@@ -169,6 +180,7 @@ class _Importer:
             raise UnsupportedError(f"{self.source}: the model uses ops bitsmith cannot compile:\n  "
                                    + "\n  ".join(problems)
                                    + "\nRemove or replace them (e.g. export without control flow), or file an op request.")
+        validate(self.proto, self.source)
         self._add_initializers()
         self._add_inputs()
         self._check_inputs_given()
@@ -178,13 +190,31 @@ class _Importer:
                 continue
             self.node_name = node.name or f"{node.op_type}_{index}"
             quantized = self._check_integer_inputs(node)
-            CONVERTERS[_converter_key(node)](self, node)
+            self._convert(node)
             if quantized is not None:
                 self._keep_codes(node, quantized)
         self._bind_outputs()
         self.graph.remove_unused()
         verify(self.graph, OPS)
         return self.graph
+
+    def _convert(self, node: onnx.NodeProto) -> None:
+        """Run the node's converter. A converter that fails with anything but a bitsmith error met
+        operands or attributes that break the op's rules in a way the checks before conversion do not
+        catch: ask ONNX's strict shape inference why, and report it as a ModelError naming the node."""
+        try:
+            CONVERTERS[_converter_key(node)](self, node)
+        except BitsmithError:
+            raise
+        except Exception as exc:
+            reason = onnx_diagnosis(self.proto, self.input_shapes)
+            error = ModelError(
+                f"{self.source}: node {self.node_name!r} ({node.op_type}) cannot be converted: "
+                + (f"ONNX shape inference reports: {reason}" if reason else f"{type(exc).__name__}: {exc}")
+                + ". Check the model with onnx.checker.check_model(model, full_check=True); if ONNX Runtime runs "
+                "it, please report this as a bitsmith bug.")
+            error.onnx_reason = reason
+            raise error from exc
 
     def _bind_outputs(self) -> None:
         """Graph outputs keep the model's names, even when an Identity made them aliases."""
@@ -205,7 +235,7 @@ class _Importer:
 
     def _add_initializers(self) -> None:
         for tensor in self.proto.graph.initializer:
-            self.store_constant(tensor.name, numpy_helper.to_array(tensor))
+            self.store_constant(tensor.name, tensor_array(tensor, f"initializer {tensor.name!r}", self.source))
 
     def _check_integer_inputs(self, node: onnx.NodeProto) -> list["_Codes"] | None:
         """Integer tensors may only be read by the converters that understand them (QUANTIZED_READERS),
@@ -272,15 +302,19 @@ class _Importer:
                 raise UsageError(
                     f"input {name!r} of {self.source} has dynamic dimensions {dynamic} ({', '.join(labels)}); "
                     f"give static shapes, e.g. input_shapes={{{name!r}: (1, ...)}} or --input-shape {name}=1x...")
-            return tuple(int(d) for d in declared)  # type: ignore[arg-type]
+            return _check_size(tuple(int(d) for d in declared), f"{self.source}: input {name!r}")  # type: ignore[arg-type]
         hint = tuple(int(d) for d in hint)
+        if any(d < 1 for d in hint):
+            raise UsageError(f"input shape hint {hint} for {name!r} has a dimension below 1; give positive sizes")
         if len(hint) != len(declared) or any(d not in (None, 0, h) and d > 0 for d, h in zip(declared, hint)):
             raise UsageError(f"input shape hint {hint} for {name!r} does not fit its declared shape "
                              f"{[d if d else dims[i].dim_param or '?' for i, d in enumerate(declared)]}")
-        return hint
+        return _check_size(hint, f"{self.source}: input {name!r}")
 
     # -- helpers for converters ----------------------------------------------------------------
     def np_dtype(self, elem_type: int, what: str) -> str:
+        if elem_type not in onnx.TensorProto.DataType.values():
+            raise ModelError(f"{self.source}: {what} has element type code {elem_type}, which is not an ONNX type")
         try:
             name = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
         except Exception:
@@ -331,6 +365,19 @@ class _Importer:
             return self.require_const(node, index, what)
         return None
 
+    def require_vector(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray:
+        """A static 1-D operand (a shape, axes, pads, starts...), as the ONNX spec requires."""
+        array = self.require_const(node, index, what)
+        if array.ndim != 1:
+            raise ModelError(f"node {self.node_name!r} ({node.op_type}): its {what} (input {index}) must be a 1-D "
+                             f"tensor, not one of shape {list(array.shape)}; the model is malformed")
+        return array
+
+    def optional_vector(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray | None:
+        if index < len(node.input) and node.input[index]:
+            return self.require_vector(node, index, what)
+        return None
+
     def fresh(self, base: str) -> str:
         return self.graph.fresh_name(base)
 
@@ -366,29 +413,43 @@ class _Importer:
         """Add an IR node (or fold it into constants) and infer its outputs' types."""
         node = Node(op, self.fresh(self.node_name), inputs, outputs, attrs)
         if all(i in self.graph.constants for i in inputs if i):
-            folded = run_node(node, [torch.from_numpy(np.array(self.graph.constants[i])) if i else None for i in inputs])
+            shapes = self._run(node, "meta")  # sizes first: a malformed shape operand may ask for terabytes
+            if not isinstance(shapes, Exception):
+                self._check_sizes(node, shapes)
+            folded = self._infer(node, devices=("cpu",))
             for name, tensor in zip(outputs, folded):
                 self.add_constant(name, tensor.numpy())
             spec = self.graph.values[inputs[0]].quant if inputs and inputs[0] else None
             if op == "Transpose" and spec is not None:  # a dequantized weight keeps its spec (Gemm's transB)
                 self.graph.values[outputs[0]].quant = _transposed_spec(spec, attrs["perm"])
             return outputs
-        for name, tensor in zip(outputs, self._infer(node)):
+        inferred = self._infer(node)
+        self._check_sizes(node, inferred)
+        for name, tensor in zip(outputs, inferred):
             self.graph.add_value(name, tuple(tensor.shape), DTYPE_NAMES[tensor.dtype])
         self.graph.nodes.append(node)
         return outputs
 
-    def _infer(self, node: Node) -> list[torch.Tensor]:
+    def _run(self, node: Node, device: str) -> list[torch.Tensor] | Exception:
+        try:
+            with torch.no_grad():
+                return run_node(node, [self._placeholder(i, device) for i in node.inputs])
+        except (NotImplementedError, RuntimeError, IndexError, ValueError) as exc:
+            return exc
+
+    def _infer(self, node: Node, devices: tuple[str, ...] = ("meta", "cpu")) -> list[torch.Tensor]:
         """Output tensors of `node` computed on the meta device (shapes only), or on zeros where a
-        kernel has no meta implementation."""
-        for device in ("meta", "cpu"):
-            try:
-                with torch.no_grad():
-                    return run_node(node, [self._placeholder(i, device) for i in node.inputs])
-            except (NotImplementedError, RuntimeError, IndexError, ValueError) as exc:
-                error = exc
+        kernel has no meta implementation (on the constants themselves when folding)."""
+        for device in devices:
+            result = self._run(node, device)
+            if not isinstance(result, Exception):
+                return result
         shapes = [self.graph.values[i].type_str() for i in node.inputs if i]
-        raise ModelError(f"node {self.node_name!r} ({node.op}) cannot run on inputs {shapes}: {error}") from None
+        raise ModelError(f"node {self.node_name!r} ({node.op}) cannot run on inputs {shapes}: {result}") from None
+
+    def _check_sizes(self, node: Node, tensors: list[torch.Tensor]) -> None:
+        for name, tensor in zip(node.outputs, tensors):
+            _check_size(tuple(tensor.shape), f"node {self.node_name!r} ({node.op}): output {name!r}")
 
     def _placeholder(self, name: str, device: str) -> torch.Tensor | None:
         if not name:
@@ -461,7 +522,7 @@ def _identity(imp: _Importer, node: onnx.NodeProto) -> None:
 def _constant(imp: _Importer, node: onnx.NodeProto) -> None:
     a = attrs_of(node)
     if "value" in a:
-        array = numpy_helper.to_array(a["value"])
+        array = tensor_array(a["value"], f"the value of Constant node {imp.node_name!r}", imp.source)
     elif "value_float" in a:
         array = np.array(a["value_float"], np.float32)
     elif "value_floats" in a:
@@ -490,15 +551,32 @@ def _size(imp: _Importer, node: onnx.NodeProto) -> None:
 
 @converter("ConstantOfShape")
 def _constant_of_shape(imp: _Importer, node: onnx.NodeProto) -> None:
-    shape = imp.require_const(node, 0, "shape")
+    shape = imp.require_vector(node, 0, "shape")
     value = attrs_of(node).get("value")
-    fill = numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
-    imp.add_constant(node.output[0], np.full(tuple(int(d) for d in shape), fill, dtype=np.asarray(fill).dtype))
+    fill = np.float32(0)
+    if value is not None:
+        fill_array = tensor_array(value, f"the value of ConstantOfShape node {imp.node_name!r}", imp.source)
+        if fill_array.size != 1:
+            raise ModelError(f"node {imp.node_name!r} (ConstantOfShape): its value must hold one element, "
+                             f"not {list(fill_array.shape)}")
+        fill = fill_array.reshape(-1)[0]
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise ModelError(f"node {imp.node_name!r} (ConstantOfShape): negative dimension in shape {list(dims)}")
+    _check_size(dims, f"node {imp.node_name!r} (ConstantOfShape): output {node.output[0]!r}")
+    imp.add_constant(node.output[0], np.full(dims, fill, dtype=np.asarray(fill).dtype))
 
 
 @converter("Range")
 def _range(imp: _Importer, node: onnx.NodeProto) -> None:
     start, limit, delta = (imp.require_const(node, i, w) for i, w in enumerate(("start", "limit", "delta")))
+    if start.size != 1 or limit.size != 1 or delta.size != 1 or delta.reshape(-1)[0] == 0:
+        raise ModelError(f"node {imp.node_name!r} (Range): start, limit and delta must be scalars and delta non-zero")
+    steps = (float(limit.reshape(-1)[0]) - float(start.reshape(-1)[0])) / float(delta.reshape(-1)[0])
+    if not math.isfinite(steps):
+        raise ModelError(f"node {imp.node_name!r} (Range): start, limit and delta must be finite")
+    count = math.ceil(steps)
+    _check_size((max(count, 0),), f"node {imp.node_name!r} (Range): output {node.output[0]!r}")
     imp.add_constant(node.output[0], np.arange(start, limit, delta).astype(start.dtype))
 
 
@@ -690,7 +768,7 @@ def _reduce_axes(imp: _Importer, node: onnx.NodeProto, rank: int) -> list[int] |
     a = attrs_of(node)
     axes_from_input = imp.opset >= 18 or (node.op_type == "ReduceSum" and imp.opset >= 13)
     if axes_from_input:
-        given = imp.optional_const(node, 1, "axes")
+        given = imp.optional_vector(node, 1, "axes")
         axes = None if given is None else [int(x) for x in given.reshape(-1)]
     else:
         axes = a.get("axes")
@@ -729,8 +807,8 @@ def _resize(imp: _Importer, node: onnx.NodeProto) -> None:
     if a.get("exclude_outside", 0) or a.get("axes") or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise UnsupportedError(f"node {imp.node_name!r} (Resize): exclude_outside / axes / keep_aspect_ratio_policy "
                                "are not supported")
-    scales = imp.optional_const(node, 2, "scales")
-    sizes = imp.optional_const(node, 3, "sizes")
+    scales = imp.optional_vector(node, 2, "scales")
+    sizes = imp.optional_vector(node, 3, "sizes")
     if sizes is not None and sizes.size:
         out_sizes = [int(s) for s in sizes]
         scale_list = [o / i for o, i in zip(out_sizes, shape)]
@@ -761,7 +839,7 @@ def _resolve_reshape(in_shape: tuple[int, ...], target: list[int], allowzero: bo
 
 @converter("Reshape")
 def _reshape(imp: _Importer, node: onnx.NodeProto) -> None:
-    target = [int(d) for d in imp.require_const(node, 1, "target shape")]
+    target = [int(d) for d in imp.require_vector(node, 1, "target shape")]
     shape = _resolve_reshape(imp.shape(node.input[0]), target, bool(attrs_of(node).get("allowzero", 0)))
     if math.prod(shape) != math.prod(imp.shape(node.input[0])):
         raise ModelError(f"node {imp.node_name!r} (Reshape): cannot reshape {list(imp.shape(node.input[0]))} to {target}")
@@ -794,7 +872,7 @@ def _split(imp: _Importer, node: onnx.NodeProto) -> None:
     a = attrs_of(node)
     shape = imp.shape(node.input[0])
     axis = _axis(int(a.get("axis", 0)), len(shape))
-    given = imp.optional_const(node, 1, "split sizes") if imp.opset >= 13 else a.get("split")
+    given = imp.optional_vector(node, 1, "split sizes") if imp.opset >= 13 else a.get("split")
     count = len(node.output)
     if given is not None and len(given):
         split = [int(s) for s in given]
@@ -816,10 +894,10 @@ def _clamp_slice(start: int, end: int, step: int, dim: int) -> tuple[int, int]:
 def _slice(imp: _Importer, node: onnx.NodeProto) -> None:
     shape = imp.shape(node.input[0])
     rank = len(shape)
-    starts = [int(x) for x in imp.require_const(node, 1, "starts")]
-    ends = [int(x) for x in imp.require_const(node, 2, "ends")]
-    axes_c = imp.optional_const(node, 3, "axes")
-    steps_c = imp.optional_const(node, 4, "steps")
+    starts = [int(x) for x in imp.require_vector(node, 1, "starts")]
+    ends = [int(x) for x in imp.require_vector(node, 2, "ends")]
+    axes_c = imp.optional_vector(node, 3, "axes")
+    steps_c = imp.optional_vector(node, 4, "steps")
     axes = [_axis(int(x), rank) for x in axes_c] if axes_c is not None else list(range(len(starts)))
     steps = [int(x) for x in steps_c] if steps_c is not None else [1] * len(starts)
     norm = [_clamp_slice(s, e, st, shape[ax]) for s, e, st, ax in zip(starts, ends, steps, axes)]
@@ -830,7 +908,7 @@ def _slice(imp: _Importer, node: onnx.NodeProto) -> None:
 
 def _axes_operand(imp: _Importer, node: onnx.NodeProto) -> list[int] | None:
     if imp.opset >= 13:
-        given = imp.optional_const(node, 1, "axes")
+        given = imp.optional_vector(node, 1, "axes")
         return None if given is None else [int(x) for x in given.reshape(-1)]
     axes = attrs_of(node).get("axes")
     return None if axes is None else [int(x) for x in axes]
@@ -855,7 +933,7 @@ def _unsqueeze(imp: _Importer, node: onnx.NodeProto) -> None:
 
 @converter("Expand")
 def _expand(imp: _Importer, node: onnx.NodeProto) -> None:
-    target = tuple(int(d) for d in imp.require_const(node, 1, "shape"))
+    target = tuple(int(d) for d in imp.require_vector(node, 1, "shape"))
     final = list(np.broadcast_shapes(imp.shape(node.input[0]), target))
     imp.emit("Expand", [imp.resolve(node.input[0])], {"shape": final}, [node.output[0]])
 
@@ -876,10 +954,10 @@ def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
     if imp.opset < 11:
         pads, value = list(a["pads"]), float(a.get("value", 0.0))
     else:
-        pads = [int(x) for x in imp.require_const(node, 1, "pads")]
+        pads = [int(x) for x in imp.require_vector(node, 1, "pads")]
         value_c = imp.optional_const(node, 2, "constant_value")
         value = 0.0 if value_c is None else float(value_c.reshape(-1)[0])
-        axes_c = imp.optional_const(node, 3, "axes")
+        axes_c = imp.optional_vector(node, 3, "axes")
         if axes_c is not None:
             axes = [_axis(int(x), rank) for x in axes_c]
             full = [0] * (2 * rank)
@@ -891,7 +969,7 @@ def _pad(imp: _Importer, node: onnx.NodeProto) -> None:
 
 @converter("Tile")
 def _tile(imp: _Importer, node: onnx.NodeProto) -> None:
-    repeats = [int(x) for x in imp.require_const(node, 1, "repeats")]
+    repeats = [int(x) for x in imp.require_vector(node, 1, "repeats")]
     imp.emit("Tile", [imp.resolve(node.input[0])], {"repeats": repeats}, [node.output[0]])
 
 
