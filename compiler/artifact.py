@@ -225,6 +225,19 @@ class Artifact:
             raise OutputError(f"cannot save artifact to {dest}: {exc}") from None
         return Artifact.load(dest)
 
+    def report(self, data: Sequence[Mapping[str, np.ndarray]] | None = None, *, fp32_model: str | Path | None = None,
+               calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+               eval_fn: Callable[[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]], float] | None = None,
+               repeat: int = 50, quiet: bool = True) -> Any:
+        """A bitsmith.report.Report of this artifact on its target: with evaluation `data` (feeds) and
+        its `fp32_model` (ONNX) the accuracy against FP32 too, with `calibration` ONNX Runtime INT8
+        beside it. `.save(dir)` writes report.json / .md / .html."""
+        from .bench import BenchSettings, artifact_report
+
+        return artifact_report(self, list(data) if data is not None else None, fp32_model=fp32_model,
+                               calibration=calibration, eval_fn=eval_fn,
+                               settings=BenchSettings(repeat=repeat, quiet=quiet))
+
     def size_bytes(self) -> int:
         return sum((self.path / f).stat().st_size for f in self.manifest["files"])
 

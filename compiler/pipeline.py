@@ -11,7 +11,8 @@ import logging
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from . import __version__, targets
 from .artifact import GRAPH, Artifact, TensorSpec, write_artifact
+from .constraints import Constraints
 from .errors import DataError, UsageError
 from .ir import Graph, verify
 from .ops import OPS
@@ -95,11 +97,30 @@ def resolve_recipe(recipe: str | QuantRecipe | None) -> QuantRecipe | None:
                      f"not {type(recipe).__name__}")
 
 
+EvalFn = Callable[[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]], float]
+"""A user's metric: given `run` (one feed -> {output name: array}), return a score, higher is better."""
+
+PLAN_FILE = "precision_plan.json"
+
+
+@dataclass
+class Compiled:
+    """What one compile produced: the artifact, and the graphs a report compares (the imported FP32
+    graph, the quantized graph with its QuantSpecs, the lowered integer graph) and the precision plan."""
+
+    artifact: Artifact
+    graph: Graph
+    quantized: Graph | None
+    lowered: Graph
+    plan: Any = None
+
+
 def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
-                  input_shapes: dict[str, tuple[int, ...]] | None = None,
-                  output_dir: str | Path | None = None, quiet: bool = False,
+                  calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+                  constraints: Constraints | None = None, eval_fn: EvalFn | None = None,
                   recipe: str | QuantRecipe | None = None,
-                  calibration: Iterable[Mapping[str, np.ndarray]] | None = None) -> Artifact:
+                  input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  output_dir: str | Path | None = None, quiet: bool = False) -> Artifact:
     """Compile `model` for `target` and write a verified artifact (to `output_dir`, or a new
     temporary directory). Returns the loaded Artifact.
 
@@ -108,14 +129,41 @@ def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
     recipe quantizes activations or runs data-driven algorithms: DataError otherwise), lowered to
     integer ops (passes/lower_integer.py) and built from those: the artifact computes exactly what
     bitsmith's integer reference computes on the lowered graph (graph.json).
+
+    With `constraints` (bitsmith.Constraints: size_mb, latency_ms, max_metric_drop, ...) and calibration
+    data, bitsmith.precision.plan_precision chooses each layer's format under the budget (the plan is
+    kept in the artifact, precision_plan.json); without a recipe or a plan the recipe defaults to w8a8.
+    `eval_fn(run) -> score` (higher is better) is the metric `max_metric_drop` is measured with; without
+    it, bitsmith's label-free fidelity to FP32 on the calibration data. The built artifact is checked
+    against every constraint it can be measured on (size; latency where the target runs here, else
+    predicted; metric drop): BudgetError names the one that failed.
     """
+    return compile_traced(model, target, calibration=calibration, constraints=constraints, eval_fn=eval_fn,
+                          recipe=recipe, input_shapes=input_shapes, output_dir=output_dir, quiet=quiet).artifact
+
+
+def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
+                   calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+                   constraints: Constraints | None = None, eval_fn: EvalFn | None = None,
+                   recipe: str | QuantRecipe | None = None,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None,
+                   output_dir: str | Path | None = None, quiet: bool = False) -> Compiled:
+    """`compile_model`, returning the intermediate graphs and the precision plan too (reports use them)."""
     target = targets.load(target) if isinstance(target, str) else target
     backend = backend_for(target)
+    constraints = constraints if constraints is not None and not constraints.is_empty() else None
+    calibration = list(calibration) if calibration is not None else None
+    if constraints is not None and recipe is None and calibration:
+        recipe = "w8a8"
     recipe = resolve_recipe(recipe)
     feeds = _calibration_feeds(recipe, calibration)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="bitsmith-")) / "artifact"
-    stages = ["import", *(["quantize", "lower"] if recipe is not None else []), "emit", "build", "write"]
+    planning = constraints is not None and recipe is not None and _planner() is not None
+    stages = ["import", *(["plan"] if planning else []), *(["quantize", "lower"] if recipe is not None else []),
+              "emit", "build", "write"]
     progress = Progress(stages, quiet)
+    plan = None
+    quantized = None
     try:
         with progress.stage("import"):
             graph = load_model(model, input_shapes)
@@ -124,6 +172,10 @@ def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
             from .passes.lower_integer import lower_integer
             from .quantize import quantize
 
+            if planning:
+                with progress.stage("plan"):
+                    plan = _plan(graph, feeds, target, constraints, eval_fn, quiet)
+                    recipe = plan.recipe
             with progress.stage("quantize"):
                 quantized = quantize(graph, recipe, feeds, quiet=quiet)
             with progress.stage("lower"):
@@ -137,16 +189,42 @@ def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
             executable = backend.build(emitted, target)
         with progress.stage("write"):
             manifest = _manifest(graph, target, model)
+            extra = {GRAPH: json.dumps(graph_to_json(compiled), indent=1, sort_keys=True)}
             if recipe is not None:
                 manifest["precision"] = recipe.name
                 manifest["formats"] = _formats(recipe, compiled)
+            if constraints is not None:
+                manifest["constraints"] = constraints.to_json()
+            if plan is not None:
+                manifest["precision_plan"] = PLAN_FILE
+                extra[PLAN_FILE] = json.dumps(plan.to_json(), indent=1, sort_keys=True)
             params = {name: compiled.constants[name] for name in emitted.param_names}
             write_artifact(out, manifest=manifest, export_library=lambda p: backend.export(executable, p),
-                           params=params,
-                           extra_files={GRAPH: json.dumps(graph_to_json(compiled), indent=1, sort_keys=True)})
+                           params=params, extra_files=extra)
     finally:
         progress.close()
-    return Artifact.load(out)
+    result = Compiled(Artifact.load(out), graph, quantized, compiled, plan)
+    if constraints is not None:
+        from .budget import check_constraints
+
+        check_constraints(result, constraints, feeds, eval_fn)
+    return result
+
+
+def _planner() -> Callable[..., Any] | None:
+    """bitsmith.precision.plan_precision when this build has it."""
+    try:
+        from .precision import plan_precision
+    except ImportError:
+        return None
+    return plan_precision
+
+
+def _plan(graph: Graph, feeds: list[Mapping[str, np.ndarray]], target: targets.Target, constraints: Constraints,
+          eval_fn: EvalFn | None, quiet: bool) -> Any:
+    planner = _planner()
+    assert planner is not None
+    return planner(graph, feeds, target=target.name, constraints=constraints, eval_fn=eval_fn, quiet=quiet)
 
 
 def _calibration_feeds(recipe: QuantRecipe | None, calibration: Iterable[Mapping[str, np.ndarray]] | None
