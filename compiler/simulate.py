@@ -6,6 +6,18 @@ block scales from the data at run time (as MX hardware does), and dynamic specs 
 ONNX DynamicQuantizeLinear) their uint8 scale and zero point from each tensor, on every run. The
 forward pass is autograd-friendly (straight-through estimator), which the Hessian sensitivity pass
 relies on.
+
+`integer_exact=True` makes the values equal the integer reference (passes/lower_integer.py: the lowered
+graph run by the interpreter's integer kernels) bit for bit, for graphs with 8-bit integer activations.
+Fake quantization rounds float sums; integer hardware does not, so the two part by a code here and
+there (docs/results/integer_parity.md says where): float32 accumulation instead of exact int32 sums,
+biases kept in float instead of rounded to int32 accumulator steps, round-half-even instead of the
+dyadic requantization's round-half-up with its approximated multiplier, QAdd's shared shift, the
+integer average pool and QSoftmax's fixed-point exponentials and integer division. Rather than a second
+definition of that arithmetic, the exact mode runs the lowered graph (the one definition, shared with
+the TVM artifact) next to the fake-quant graph and replaces every activation the lowering computes
+with the reference's value. Gradients are the fake-quant graph's (straight through the replacement),
+evaluated at the integer values, so autograd users see the deployed numerics.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .errors import UnsupportedError, UsageError
 from .formats import fake_quant_dynamic_torch, fake_quant_torch
 from .interpreter import check_feeds, execute
 from .ir import Graph, QuantSpec
@@ -29,19 +42,66 @@ def fake_quant_activation(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return fake_quant_torch(x, spec)
 
 
+class _Snap(torch.autograd.Function):
+    """Forward: `exact`. Backward: the gradient goes to `simulated` unchanged (straight through)."""
+
+    @staticmethod
+    def forward(ctx, simulated: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return exact.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def _dequantize_codes(codes: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """float32(q - zero_point) * scale: DequantizeLinear's arithmetic (interpreter), per-tensor spec."""
+    zero_point = int(spec.zero_point.reshape(-1)[0])
+    scale = torch.tensor(np.float32(spec.scale.reshape(-1)[0]))
+    return (codes.to(torch.int32) - zero_point).to(torch.float32) * scale
+
+
+class _IntegerReference:
+    """The lowered integer graph of a quantized graph, and its values under the source graph's names."""
+
+    def __init__(self, graph: Graph) -> None:
+        from .passes.lower_integer import lower_integer_traced  # passes import this module
+
+        try:
+            self.lowered, self.where = lower_integer_traced(graph)
+        except UnsupportedError as exc:
+            raise UnsupportedError(f"Simulator(integer_exact=True) simulates the integer lowering, which refuses "
+                                   f"graph {graph.name!r}: {exc}. Use the default fake-quant mode "
+                                   f"(integer_exact=False) for formats without integer kernels.") from exc
+        self.specs = {name: graph.values[name].quant for name in self.where.codes}
+        self.names = set(self.where.codes.values()) | set(self.where.floats.values())
+
+    def values(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            env = execute(self.lowered, {k: v.detach() for k, v in inputs.items()}, self.names)
+        exact = {src: env[dst] for src, dst in self.where.floats.items()}
+        exact.update((src, _dequantize_codes(env[dst], self.specs[src])) for src, dst in self.where.codes.items())
+        return exact
+
+
 class Simulator:
     """Runs `graph` with fake quantization (quantized=False: plain float, same code path).
 
     `quantize_activations=False` keeps activations in float while weights are fake-quantized (what
-    calibration observes)."""
+    calibration observes). `integer_exact=True` (8-bit integer activations) gives the integer reference's
+    values with the fake-quant graph's gradients (module docstring)."""
 
     def __init__(self, graph: Graph, quantized: bool = True, weights: Mapping[str, torch.Tensor] | None = None,
-                 quantize_activations: bool = True):
+                 quantize_activations: bool = True, integer_exact: bool = False):
         self.graph = graph
         self.quantized = quantized
         self.constants = dict(weights) if weights is not None else self._constants()
         self.specs = {name: v.quant for name, v in graph.values.items()
                       if quantized and quantize_activations and v.quant is not None and name not in graph.constants}
+        if integer_exact and not (quantized and quantize_activations):
+            raise UsageError("Simulator(integer_exact=True) simulates quantized activations: it needs "
+                             "quantized=True and quantize_activations=True")
+        self.integer = _IntegerReference(graph) if integer_exact else None
 
     def _constants(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -61,9 +121,27 @@ class Simulator:
 
     def forward(self, inputs: Mapping[str, torch.Tensor], keep: Sequence[str] = (),
                 constants: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Torch in, torch out (autograd flows through); `constants` overrides weights by name."""
+        """Torch in, torch out (autograd flows through); `constants` overrides weights by name (in the
+        integer-exact mode the graph is lowered again with them: their values, detached, are the floats
+        the lowering quantizes)."""
         env = {**self.constants, **(constants or {}), **inputs}
-        return execute(self.graph, env, set(keep), self.quantize_value if self.specs else None)
+        if self.integer is None:
+            return execute(self.graph, env, set(keep), self.quantize_value if self.specs else None)
+        reference = self.integer if not constants else _IntegerReference(self._with_constants(constants))
+        exact = reference.values(inputs)
+
+        def snap(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            simulated = self.quantize_value(name, tensor)
+            return simulated if name not in exact else _Snap.apply(simulated, exact[name])
+
+        return execute(self.graph, env, set(keep), snap)
+
+    def _with_constants(self, constants: Mapping[str, torch.Tensor]) -> Graph:
+        graph = self.graph.copy()
+        for name, tensor in constants.items():
+            if name in graph.constants:
+                graph.constants[name] = tensor.detach().numpy().astype(graph.constants[name].dtype)
+        return graph
 
     def run(self, feeds: Mapping[str, np.ndarray], keep: Sequence[str] = ()) -> dict[str, np.ndarray]:
         check_feeds(self.graph, dict(feeds))

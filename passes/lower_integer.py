@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,24 @@ class LowerInteger(Pass):
 def lower_integer(graph: Graph) -> Graph:
     """The integer graph of an annotated graph (see the module docstring); `graph` is not modified."""
     return _Lowering(graph).run()
+
+
+@dataclass(frozen=True)
+class LoweredValues:
+    """Where the lowered graph holds each activation of the source graph: `codes` (source value -> the
+    lowered value with its integer codes, for quantized values) and `floats` (source value -> the lowered
+    float value: graph inputs and outputs, float ops' results, float epilogues)."""
+
+    codes: dict[str, str]
+    floats: dict[str, str]
+
+
+def lower_integer_traced(graph: Graph) -> tuple[Graph, LoweredValues]:
+    """`lower_integer`, and where each source activation lives in its result (the integer-exact
+    Simulator reads the integer reference's values through it)."""
+    lowering = _Lowering(graph)
+    lowered = lowering.run()
+    return lowered, lowering.lowered_values()
 
 
 def _is_integer_spec(spec: QuantSpec | None) -> bool:
@@ -252,6 +271,14 @@ class _Lowering:
         self.dst.remove_unused()
         self.dst.metadata["integer_lowering"] = {"layers": self.layers, "emulated": sorted(self.emulated)}
         return self.dst
+
+    def lowered_values(self) -> LoweredValues:
+        live = self.dst.values
+        codes = {src: dst for src, dst in self.codes.items() if dst in live}
+        floats = {src: dst for src, dst in self.raw.items()
+                  if dst in live and src not in codes and src not in self.src.constants and src not in self.src.inputs}
+        floats.update(zip(self.src.outputs, self.dst.outputs))
+        return LoweredValues(codes, floats)
 
     def _output(self, name: str) -> str:
         value = self.src.values[name]

@@ -6,6 +6,9 @@ bit for bit.
 - the CNN zoo models at W8A8 (mobilenet_v2, mtcnn_rnet, mtcnn_onet): quantize -> lower_integer -> x86,
   outputs equal to `run_graph` on the lowered graph bit for bit on real inputs, no float op left between
   the input quantizer and the outputs, close to the fake-quant Simulator, and as accurate as FP32;
+- the integer-exact Simulator equals the integer reference bit for bit on those models (outputs and every
+  quantized activation), passes gradients straight through to inputs and weights, and refuses formats
+  without integer kernels;
 - bitsmith.compile(recipe="w8a8", calibration=...) writes that artifact, with its manifest entries.
 
 Measured (eval split; int = lowered graph, sim = fake-quant Simulator, fp = FP32): max |int - sim| /
@@ -29,6 +32,7 @@ from bitsmith.backends import x86
 from bitsmith.backends.relax_emit import emit_relax
 from bitsmith.backends.runner import TVMRunner
 from bitsmith.errors import DataError, UnsupportedError
+from bitsmith.formats import dequantize
 from bitsmith.frontends.onnx import import_onnx
 from bitsmith.interpreter import requantize, run_graph, run_node
 from bitsmith.ir import Graph, Node, verify
@@ -320,6 +324,22 @@ def test_integer_outputs_stay_close_to_the_fake_quant_simulator(lowered):
             assert (ours.argmax(-1) == sim.argmax(-1)).mean() >= (0.5 if lowered.name == "mobilenet_v2" else 0.97)
 
 
+def test_the_integer_exact_simulator_equals_the_integer_reference_bit_for_bit(lowered):
+    """Simulator(integer_exact=True): every output, and every quantized activation dequantized, has the
+    integer reference's bits (the default fake-quant Simulator departs by a code here and there, above)."""
+    simulator = Simulator(lowered.quantized, integer_exact=True)
+    where = simulator.integer.where
+    activations = sorted(where.codes)
+    for feeds, expected in zip(lowered.feeds, lowered.reference):
+        reference = run_graph(lowered.lowered, feeds, keep=[where.codes[n] for n in activations])
+        got = simulator.run(feeds, keep=activations)
+        for name in lowered.graph.outputs:
+            assert got[name].tobytes() == expected[name].tobytes(), f"{lowered.name}: {name}"
+        for name in activations:
+            spec = lowered.quantized.values[name].quant
+            np.testing.assert_array_equal(got[name], dequantize(reference[where.codes[name]], spec), err_msg=name)
+
+
 def test_w8a8_integer_onet_keeps_face_accuracy_on_real_faces(lowered):
     if lowered.name != "mtcnn_onet":
         pytest.skip("labelled faces: ONet")
@@ -339,6 +359,41 @@ def test_the_widened_region_takes_prelu_and_softmax_in():
     added = widened - plain
     assert "/conv1/Conv_output_0" in added and "/dense5_1/Gemm_output_0" in added and "prob" in added
     assert "/dense4/Gemm_output_0_mm" not in widened  # the bias Add belongs to its MatMul
+
+
+@pytest.fixture(scope="module")
+def rnet_w8a8():
+    graph = import_onnx(zoo.onnx_path("mtcnn_rnet"), zoo.input_shapes("mtcnn_rnet", batch=8))
+    quantized = quantize(graph, preset("w8a8"), zoo.inputs("mtcnn_rnet", 1, 8, split="calib"))
+    return quantized, zoo.inputs("mtcnn_rnet", 1, 8, split="eval")[0]
+
+
+def test_the_integer_exact_simulator_passes_gradients_straight_through(rnet_w8a8):
+    """Gradients reach the inputs and the weights (the Hessian and GPTQ need them); overriding a weight
+    gives the integer reference of the graph with that weight."""
+    quantized, feeds = rnet_w8a8
+    simulator = Simulator(quantized, integer_exact=True)
+    weight = next(n for n in quantized.constants if quantized.values[n].quant is not None)
+    doubled = torch.from_numpy(quantized.constants[weight] * 2).requires_grad_(True)
+    x = torch.from_numpy(feeds["input"]).requires_grad_(True)
+    env = simulator.forward({"input": x}, constants={weight: doubled})
+    sum(env[o].sum() for o in quantized.outputs).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert torch.isfinite(doubled.grad).all() and doubled.grad.abs().sum() > 0
+    changed = quantized.copy()
+    changed.constants[weight] = quantized.constants[weight] * 2
+    expected = run_graph(lower_integer(changed), feeds)
+    for name in quantized.outputs:
+        assert env[name].detach().numpy().tobytes() == expected[name].tobytes()
+
+
+def test_the_integer_exact_simulator_refuses_formats_without_integer_kernels(rnet_w8a8):
+    graph = import_onnx(zoo.onnx_path("mtcnn_rnet"), zoo.input_shapes("mtcnn_rnet", batch=8))
+    fp8 = quantize(graph, preset("fp8_e4m3"), zoo.inputs("mtcnn_rnet", 1, 8, split="calib"))
+    with pytest.raises(UnsupportedError, match="integer_exact=True.*fp8_e4m3.*integer_exact=False"):
+        Simulator(fp8, integer_exact=True)
+    with pytest.raises(bitsmith.UsageError, match="quantize_activations"):
+        Simulator(rnet_w8a8[0], quantize_activations=False, integer_exact=True)
 
 
 # ---------------------------------------------------------------------------------------------
