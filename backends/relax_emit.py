@@ -602,7 +602,9 @@ def emit_gather(e: _Emitter, node: Node) -> relax.Expr:
         dtype = e.dtype(node.inputs[1])
         index_expr = R.where(R.less(index_expr, _scalar(0, dtype)),
                              R.add(index_expr, _scalar(extent, dtype)), index_expr)
-    gathered = e.emit(R.take(e.operand(node, 0), index_expr, axis=axis))
+    # run-time indices are clipped: TVM's default "fast" take reads out of bounds (and may crash) on a bad
+    # index in the input data; constant indices were checked at import
+    gathered = e.emit(R.take(e.operand(node, 0), index_expr, axis=axis, mode="fast" if indices is not None else "clip"))
     return R.reshape(gathered, list(e.shape(node.outputs[0])))  # a 0-d index drops the axis
 
 

@@ -940,8 +940,15 @@ def _expand(imp: _Importer, node: onnx.NodeProto) -> None:
 
 @converter("Gather")
 def _gather(imp: _Importer, node: onnx.NodeProto) -> None:
-    rank = len(imp.shape(node.input[0]))
-    imp.emit_same(node, "Gather", {"axis": _axis(int(attrs_of(node).get("axis", 0)), rank)})
+    shape = imp.shape(node.input[0])
+    axis = _axis(int(attrs_of(node).get("axis", 0)), len(shape))
+    if not 0 <= axis < len(shape):
+        raise ModelError(f"node {imp.node_name!r} (Gather): axis {axis} is out of range for rank {len(shape)}")
+    indices = imp.const(node.input[1])
+    if indices is not None and indices.size and not (-shape[axis] <= indices.min() and indices.max() < shape[axis]):
+        raise ModelError(f"node {imp.node_name!r} (Gather): indices {int(indices.min())}..{int(indices.max())} fall "
+                         f"outside axis {axis} of size {shape[axis]}; the model is malformed")
+    imp.emit_same(node, "Gather", {"axis": axis})
 
 
 @converter("Pad")
