@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 from . import __version__, targets
-from .artifact import GRAPH, Artifact, TensorSpec, write_artifact
+from .artifact import GRAPH, Artifact, TensorSpec, check_output_dir, write_artifact
 from .constraints import Constraints
 from .errors import DataError, UsageError
 from .ir import Graph, verify
@@ -158,6 +158,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
     recipe = resolve_recipe(recipe)
     feeds = _calibration_feeds(recipe, calibration)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="bitsmith-")) / "artifact"
+    check_output_dir(out)  # fail now, not after minutes of work
     planning = constraints is not None and recipe is not None and _planner() is not None
     stages = ["import", *(["plan"] if planning else []), *(["quantize", "lower"] if recipe is not None else []),
               "emit", "build", "write"]
