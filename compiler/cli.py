@@ -98,7 +98,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         calibration = load_feeds(args.calibration, source, hints=hints)[0] if args.calibration else None
         bench_source = source
     settings = BenchSettings(repeat=args.repeat, warmup=args.warmup, latency=args.latency,
-                             baselines=not args.no_baselines, metric=args.metric, quiet=args.quiet)
+                             baselines=not args.no_baselines, memory=not args.no_memory,
+                             profile_runs=args.profile_runs, metric=args.metric, quiet=args.quiet)
     reports = bench(bench_source, names, data=data, calibration=calibration, recipe=args.recipe,
                     input_shapes=hints, fp32_model=args.model,
                     output_dir=Path(args.output) / "artifacts" if not is_artifact else None, settings=settings)
@@ -238,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["auto", "top1_agreement", "cosine"], default="auto",
                    help="accuracy metric vs FP32 (default: by the model's outputs, see bitsmith.fidelity)")
     p.add_argument("--no-baselines", action="store_true", help="skip ONNX Runtime FP32 / INT8")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (a fresh process)")
+    p.add_argument("--profile-runs", type=int, default=3, help="instrumented runs for per-layer times (0: none)")
     _add_common(p)
     p.set_defaults(run=cmd_bench)
 
