@@ -35,6 +35,8 @@ DeclaredShape = tuple[int | None, ...]
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of an .npz file (no pickled objects), checked to share one sample count."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # np.load takes any other file for a pickle
+        raise DataError(f"data file {path} is not an .npz archive; write it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
