@@ -515,13 +515,22 @@ def layer_table(subject: _Subject, costs: list[latency_model.NodeCost], kernels:
             "activation_format": a_fmt, "activation_bits": _bits(a_fmt),
             "fallback": "float" if quantized and lowered == "float" else None,
             "device": "cpu",
-            "sensitivity": ({"trace": plan_row.get("trace"), "omega": plan_row.get("omega")} if plan_row else None),
+            "sensitivity": plan_sensitivity(plan_row) if plan_row else None,
             "sqnr_db": sqnr.get(node["name"]),
             "predicted_ms": cost.predicted_ms if cost else None,
             "bound": cost.bound if cost else None,
             "measured_ms": measured.get(node["name"]),
         })
     return rows
+
+
+def plan_sensitivity(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A precision-plan layer row as the report shows it: the Hessian trace per parameter (HAWQ-V2's
+    Tr(H)/n), and Omega = Tr(H)/n * ||Q(W) - W||^2 of the format chosen."""
+    omega = row.get("omega")
+    if isinstance(omega, Mapping):
+        omega = omega.get(row.get("chosen"))
+    return {"trace": row.get("average_trace", row.get("trace")), "omega": omega, "chosen": row.get("chosen")}
 
 
 def _float_ops(graph_json: Mapping[str, Any]) -> dict[str, int]:

@@ -4,14 +4,15 @@ Each constraint is measured on the artifact as built: size is the weights file (
 artifact stores it, packed formats and scales included); latency the median of timed runs where the
 target runs here, else the roofline prediction (latency_model.py); BOPs the sum over weighted layers of
 MACs x weight bits x activation bits (HAWQ-V3); peak activations the liveness peak of the compiled
-graph; metric drop the relative fall of eval_fn (or the label-free fidelity metric, fidelity.py) from
-FP32 on the calibration feeds. A violated constraint raises BudgetError (exit code 6) naming each one
+graph; metric drop the relative fall of eval_fn (or, as the precision search measures it, the mean
+cosine similarity of the outputs with FP32's, fidelity.py) from FP32 on the calibration feeds. A violated constraint raises BudgetError (exit code 6) naming each one
 with its measured value; the artifact stays on disk for inspection.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -63,6 +64,20 @@ def check_constraints(compiled: "Compiled", constraints: Constraints, feeds: Seq
     return measured
 
 
+def tightened_size_budget(compiled: "Compiled", constraints: Constraints, planned: Constraints) -> Constraints | None:
+    """When the built weights exceed constraints.size_mb: the planner's budget less what the artifact
+    stores beyond the plan's own count (biases, requantization constants), else None."""
+    if constraints.size_mb is None or planned.size_mb is None or compiled.plan is None:
+        return None
+    artifact = compiled.artifact
+    measured = (artifact.path / artifact.manifest["weights"]).stat().st_size / 1e6
+    if measured <= constraints.size_mb:
+        return None
+    overhead = measured - float(compiled.plan.totals["size_bytes"]) / 1e6
+    shrunk = min(constraints.size_mb - overhead, planned.size_mb * constraints.size_mb / measured)
+    return replace(planned, size_mb=shrunk) if shrunk > 0 else None
+
+
 def _latency_ms(compiled: "Compiled", graph_json: Mapping[str, Any], feeds: Sequence[Feed]) -> float:
     from .targets import load
 
@@ -98,5 +113,5 @@ def _metric_drop(compiled: "Compiled", feeds: Sequence[Feed], eval_fn: "EvalFn |
         return (reference - ours) / abs(reference) if reference else 0.0
     if not feeds:
         raise BudgetError("max_metric_drop needs data to measure the metric on: pass calibration feeds or an eval_fn")
-    _, score, _ = fidelity([run_fp32(f) for f in feeds], [run_ours(f) for f in feeds])
+    _, score, _ = fidelity([run_fp32(f) for f in feeds], [run_ours(f) for f in feeds], metric="cosine")
     return 1.0 - score

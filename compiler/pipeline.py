@@ -101,6 +101,9 @@ EvalFn = Callable[[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]],
 """A user's metric: given `run` (one feed -> {output name: array}), return a score, higher is better."""
 
 PLAN_FILE = "precision_plan.json"
+# The artifact stores more than the plan's size model counts (int32 biases, requantization multipliers):
+# when the built weights exceed size_mb, the search runs again with its budget shrunk by the overshoot.
+REPLANS = 3
 
 
 @dataclass
@@ -147,7 +150,8 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
                    constraints: Constraints | None = None, eval_fn: EvalFn | None = None,
                    recipe: str | QuantRecipe | None = None,
                    input_shapes: dict[str, tuple[int, ...]] | None = None,
-                   output_dir: str | Path | None = None, quiet: bool = False) -> Compiled:
+                   output_dir: str | Path | None = None, quiet: bool = False,
+                   _plan_constraints: Constraints | None = None, _attempt: int = 1) -> Compiled:
     """`compile_model`, returning the intermediate graphs and the precision plan too (reports use them)."""
     target = targets.load(target) if isinstance(target, str) else target
     backend = backend_for(target)
@@ -156,10 +160,15 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
     if constraints is not None and recipe is None and calibration:
         recipe = "w8a8"
     recipe = resolve_recipe(recipe)
+    requested = recipe  # a plan replaces the recipe; a second attempt plans from the one asked for
     feeds = _calibration_feeds(recipe, calibration)
-    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="bitsmith-")) / "artifact"
-    check_output_dir(out)  # fail now, not after minutes of work
+    if output_dir is not None:
+        check_output_dir(Path(output_dir))  # fail now, not after minutes of work
     planning = constraints is not None and recipe is not None and _planner() is not None
+    # a plan may be redone (REPLANS): its attempts build in scratch directories, because a process
+    # cannot load a second library from a path it has loaded one from (dlopen keeps the first)
+    scratch = planning or output_dir is None
+    out = Path(tempfile.mkdtemp(prefix="bitsmith-")) / "artifact" if scratch else Path(output_dir)  # type: ignore[arg-type]
     stages = ["import", *(["plan"] if planning else []), *(["quantize", "lower"] if recipe is not None else []),
               "emit", "build", "write"]
     progress = Progress(stages, quiet)
@@ -175,7 +184,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
 
             if planning:
                 with progress.stage("plan"):
-                    plan = _plan(graph, feeds, target, constraints, eval_fn, quiet)
+                    plan = _plan(graph, feeds, target, _plan_constraints or constraints, recipe, eval_fn, quiet)
                     recipe = plan.recipe
             with progress.stage("quantize"):
                 quantized = quantize(graph, recipe, feeds, quiet=quiet)
@@ -206,9 +215,20 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
         progress.close()
     result = Compiled(Artifact.load(out), graph, quantized, compiled, plan)
     if constraints is not None:
-        from .budget import check_constraints
+        from .budget import check_constraints, tightened_size_budget
 
-        check_constraints(result, constraints, feeds, eval_fn)
+        tighter = tightened_size_budget(result, constraints, _plan_constraints or constraints)
+        if plan is not None and tighter is not None and _attempt < REPLANS:
+            log.info("artifact weights exceed size_mb=%s; planning again with size_mb=%.4g", constraints.size_mb,
+                     tighter.size_mb)
+            return compile_traced(model, target, calibration=calibration, constraints=constraints, eval_fn=eval_fn,
+                                  recipe=requested, input_shapes=input_shapes, output_dir=output_dir, quiet=quiet,
+                                  _plan_constraints=tighter, _attempt=_attempt + 1)
+        try:
+            check_constraints(result, constraints, feeds, eval_fn)
+        finally:  # a failed budget leaves the artifact where it was asked for, for inspection
+            if scratch and output_dir is not None:
+                result.artifact = result.artifact.save(output_dir)
     return result
 
 
@@ -222,10 +242,19 @@ def _planner() -> Callable[..., Any] | None:
 
 
 def _plan(graph: Graph, feeds: list[Mapping[str, np.ndarray]], target: targets.Target, constraints: Constraints,
-          eval_fn: EvalFn | None, quiet: bool) -> Any:
+          recipe: QuantRecipe, eval_fn: EvalFn | None, quiet: bool) -> Any:
+    """The precision plan: per-layer formats under `constraints`, keeping `recipe`'s activation settings
+    and algorithms. The candidates are the target's native formats: the artifact stores an emulated
+    format's weights as float, so choosing one would save nothing the budget counts. The planner scores
+    candidate graphs; the user's eval_fn scores a run function, so each candidate is handed over as its
+    fake-quantized simulator's run."""
+    from .simulate import Simulator
+
     planner = _planner()
     assert planner is not None
-    return planner(graph, feeds, target=target.name, constraints=constraints, eval_fn=eval_fn, quiet=quiet)
+    graph_metric = (lambda candidate: eval_fn(Simulator(candidate).run)) if eval_fn is not None else None
+    return planner(graph, feeds, target=target, constraints=constraints, eval_fn=graph_metric, quiet=quiet,
+                   recipe=recipe, formats=tuple(target.formats.get("native", ())))
 
 
 def _calibration_feeds(recipe: QuantRecipe | None, calibration: Iterable[Mapping[str, np.ndarray]] | None

@@ -139,6 +139,8 @@ def fmt_num(x: Any, digits: int = 3, unit: str = "") -> str:
         return x
     if isinstance(x, float) and math.isinf(x):
         return "exact" if x > 0 else "-inf"
+    if x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.3g}{unit}"
     text = f"{x:,.{digits}f}" if abs(x) < 1e4 else f"{x:,.0f}"
     return f"{text}{unit}"
 
@@ -176,7 +178,8 @@ def _summary(d: dict[str, Any]) -> list[str]:
 
 
 def _recipe_text(recipe: dict[str, Any]) -> str:
-    parts = [f"weights {recipe.get('weights')}", f"activations {recipe.get('activations')}"]
+    parts = [f"weights {recipe.get('weights') or 'per layer (precision plan)'}",
+             f"activations {recipe.get('activations') or 'float'}"]
     if recipe.get("algorithms"):
         parts.append("algorithms " + ", ".join(recipe["algorithms"]))
     if recipe.get("emulated"):
@@ -213,6 +216,20 @@ def _layers(d: dict[str, Any]) -> list[str]:
                    "predicted ms", "measured ms", "fallback (device)"], rows)
 
 
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    totals = plan.get("totals") or {}
+    chosen: dict[str, int] = {}
+    for choice in (plan.get("choices") or {}).values():
+        key = str(choice.get("format") or "float")
+        chosen[key] = chosen.get(key, 0) + 1
+    lines = [f"Searched on target {plan.get('target')} among {', '.join(plan.get('candidates', []))} under "
+             f"{plan.get('constraints') or 'the default budget'}: weights {fmt_num(totals.get('size_bytes', 0) / 1e6, 3)} MB, "
+             f"predicted loss increase {fmt_num(plan.get('predicted_loss'), 5)}; formats chosen: "
+             + ", ".join(f"{fmt} ×{n}" for fmt, n in sorted(chosen.items()))
+             + f"; {len(plan.get('pareto', []))} points on the size / predicted-loss Pareto front.", ""]
+    return lines + [f"- {note}" for note in plan.get("notes", [])] + ([""] if plan.get("notes") else [])
+
+
 def render_markdown(d: dict[str, Any]) -> str:
     lines = [f"# {d['model']['name']} on {d['target']['name']}", "",
              f"{d['target']['description']}. Generated {d['generated']} by bitsmith {d['host']['bitsmith']} on "
@@ -234,8 +251,7 @@ def render_markdown(d: dict[str, Any]) -> str:
                                                       for k in kernels]), ""]
     plan = d.get("precision_plan")
     lines += ["## Precision plan", ""]
-    lines += ([f"{len(plan.get('pareto', []))} Pareto points; chosen configuration: "
-               f"{plan.get('choices', plan.get('chosen', '—'))}", ""] if plan else
+    lines += (_plan_lines(plan) if plan else
               [f"{NOT_COMPUTED}: the artifact was compiled without constraints (no precision search).", ""])
     if d.get("gates"):
         lines += ["## Gates", "", *_table(["gate", "value", "result"],

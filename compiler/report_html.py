@@ -121,10 +121,9 @@ def plot_pareto(plan: dict[str, Any]) -> str:
     sizes = [p.get("size_bytes", 0) / 1e6 for p in points]
     losses = [p.get("predicted_loss", 0) for p in points]
     ax.plot(sizes, losses, "o-", markersize=4, label="Pareto front")
-    chosen = [p for p in points if p.get("chosen")]
-    if chosen:
-        ax.plot([c.get("size_bytes", 0) / 1e6 for c in chosen], [c.get("predicted_loss", 0) for c in chosen], "r*",
-                markersize=12, label="chosen")
+    totals = plan.get("totals") or {}
+    if "size_bytes" in totals and plan.get("predicted_loss") is not None:
+        ax.plot([totals["size_bytes"] / 1e6], [plan["predicted_loss"]], "r*", markersize=12, label="chosen")
     ax.set_xlabel("weight size, MB")
     ax.set_ylabel("predicted loss increase")
     ax.set_title("Precision search: Pareto front")
