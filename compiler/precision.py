@@ -1,0 +1,437 @@
+"""Mixed precision under a hardware budget: which format, bits and granularity each layer gets.
+
+    plan = plan_precision(graph, calibration, target="host", constraints=Constraints(size_mb=2.0))
+    quantized = bitsmith.quantize(graph, plan.recipe, calibration)
+
+The steps, each a pass in bitsmith.passes:
+1. sensitivity: Hutchinson estimates of every weight's (and activation's) Hessian trace (HAWQ-V2);
+2. Omega = Tr(H)/n * ||Q(W) - W||^2 for every weight and every candidate the target allows
+   (precision_costs.candidates_for), with the same quantizer the recipe will use, so that format
+   selection (INT vs FP, per channel vs block) follows from each real tensor's error, not a rule;
+3. interlayer: measured interactions of neighbouring layers at low precision;
+4. assign_precision: the ILP (scipy.optimize.milp) minimizing predicted loss within the budget
+   (size, BOPs, latency); the Pareto front of size against predicted loss comes with it;
+5. with `Constraints.max_metric_drop`: bisection over the size budget for the cheapest assignment
+   whose metric (the user's `eval_fn(quantized graph) -> float`, higher is better, or the label-free
+   fidelity: mean cosine similarity of the outputs with FP32) falls by at most that fraction.
+
+Without any budget, the plan takes the size of uniform INT8 as its budget (when the target has INT8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+
+from . import targets
+from .constraints import Constraints
+from .errors import BudgetError, DataError, UsageError
+from .formats import fake_quant, quantization_error
+from .ir import Graph, QuantSpec
+from .passes.assign_precision import BUDGETS, Group, Problem, Solution, pareto_front, smallest_feasible, solve
+from .passes.fold_batchnorm import FoldBatchNorm
+from .passes.interlayer import Interactions, measure_interactions, neighbour_pairs
+from .passes.precision_costs import (bits_of, candidates_for, fixed_bytes, label, layer_cost,
+                                     peak_activation_bytes)
+from .passes.quant_points import WeightPoint, weight_points
+from .passes.quantize_weights import QuantizeWeights
+from .passes.sensitivity import (DEFAULT_CACHE, HutchinsonSettings, LossFn, Sensitivity, builtin_loss, data_digest,
+                                 graph_digest, hessian_traces)
+from .recipes import LayerFormat, QuantRecipe
+from .simulate import Simulator
+
+Feed = Mapping[str, np.ndarray]
+EvalFn = Callable[[Graph], float]
+LOW_BITS = 4
+
+
+@dataclass
+class PrecisionPlan:
+    """The chosen per-layer formats, the per-layer data behind them and the size/loss trade-off.
+
+    choices: weight name -> {"format", "bits", "granularity", "block_size"} (format None: float)
+    layers: one row per weighted node (name, node, op, params, trace, omega per candidate, chosen, ...)
+    pareto: points {"size_bytes", "bops", "latency_ms", "predicted_loss"} of the size/loss front
+    recipe: reproduces the plan through bitsmith.quantize
+    """
+
+    choices: dict[str, dict[str, Any]]
+    layers: list[dict[str, Any]]
+    pareto: list[dict[str, float]]
+    recipe: QuantRecipe
+    target: str
+    candidates: list[str]
+    predicted_loss: float
+    totals: dict[str, float]
+    constraints: dict[str, Any]
+    interactions: list[dict[str, Any]] = field(default_factory=list)
+    bisection: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    sensitivity: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["recipe"] = {"name": self.recipe.name, "weights": self.recipe.weights,
+                         "activations": self.recipe.activations,
+                         "weight_clipping": self.recipe.weight_clipping,
+                         "algorithms": list(self.recipe.algorithms),
+                         "layer_formats": {k: list(v) for k, v in self.recipe.layer_formats.items()}}
+        return out
+
+
+@dataclass
+class PrecisionAnalysis:
+    """Everything measured once per model (`analyse_precision`): the BN-folded graph, its weights and
+    their readers, the candidates, the Hessian traces, every weight's spec and ||Q(W) - W||^2 per
+    candidate, and the measured interactions."""
+
+    graph: Graph
+    points: dict[str, WeightPoint]
+    readers: dict[str, list[Any]]
+    candidates: list[LayerFormat]
+    sensitivity: Sensitivity
+    specs: dict[str, list[QuantSpec | None]]
+    errors: dict[str, np.ndarray]
+    interactions: Interactions | None
+    seconds: dict[str, float]
+
+
+def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targets.Target = "host",
+                   constraints: Constraints = Constraints(), eval_fn: EvalFn | None = None,
+                   labels: Sequence[np.ndarray] | None = None, quiet: bool = True, *,
+                   formats: Sequence[str] | None = None, activations: str | None = None,
+                   recipe: QuantRecipe | None = None, ties: Sequence[Sequence[str]] = (),
+                   settings: HutchinsonSettings = HutchinsonSettings(), interactions: bool = True,
+                   interaction_feeds: int = 1, loss_fn: LossFn | None = None, loss_name: str | None = None,
+                   eval_feeds: Sequence[Feed] | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
+                   pareto_points: int = 16, bisection_steps: int = 10) -> PrecisionPlan:
+    """Choose a format per weight of `graph` minimizing the predicted loss within `constraints`.
+
+    formats: restrict the candidates to these names (e.g. ("int8", "int4")); default all the target lists.
+    activations: the activation format the deployment uses (None: float), for BOPs, latency and the recipe.
+    recipe: a base recipe whose activation settings and algorithms the plan's recipe keeps.
+    ties: groups of weight names that must get the same choice (weights shared by nodes always do).
+    eval_feeds: data for the default fidelity metric of `max_metric_drop` (default: the calibration feeds).
+    """
+    calibration = list(calibration)
+    if not calibration:
+        raise DataError("plan_precision: no calibration feeds; pass a list of {input name: array} of real inputs")
+    target = targets.load(target) if isinstance(target, str) else target
+    base = recipe or QuantRecipe("mixed_precision", weights=None, activations=activations)
+    analysis = analyse_precision(graph, calibration, target, formats=formats, clipping=base.weight_clipping,
+                                 labels=labels, settings=settings, interactions=interactions,
+                                 interaction_feeds=interaction_feeds, loss_fn=loss_fn, loss_name=loss_name,
+                                 cache_dir=cache_dir, quiet=quiet)
+    problem, groups = build_problem(analysis, target, activations if recipe is None else recipe.activations, ties)
+    budgets = _budgets(constraints, analysis, problem, activations if recipe is None else recipe.activations)
+    start = time.perf_counter()
+    bisection: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if constraints.max_metric_drop is not None:
+        metric = _metric(analysis.graph, eval_fn, eval_feeds or calibration)
+        solution, bisection = _bisect(problem, budgets, constraints.max_metric_drop, metric,
+                                      lambda s: quantized_graph(analysis, groups, s.choice), bisection_steps)
+    else:
+        if not budgets:
+            budgets, note = _default_budget(problem, analysis)
+            notes += [note] if note else []
+        solution = solve(problem, budgets)
+    plan_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    front = pareto_front(problem, "size_bytes", pareto_points,
+                         {k: v for k, v in budgets.items() if k != "size_bytes"})
+    choices = _choices(analysis, groups, solution.choice)
+    seconds = {**analysis.seconds, "ilp_seconds": round(solution.seconds, 3),
+               "plan_seconds": round(plan_seconds, 3), "pareto_seconds": round(time.perf_counter() - start, 3)}
+    return PrecisionPlan(
+        choices={name: _choice_json(c) for name, c in choices.items()},
+        layers=_layer_rows(analysis, choices),
+        pareto=[{**s.totals, "predicted_loss": s.predicted_loss} for s in front],
+        recipe=base.with_(name=base.name if recipe is None else f"{base.name}+mixed_precision", weights=None,
+                          layer_formats=choices),
+        target=target.name, candidates=[label(c) for c in analysis.candidates],
+        predicted_loss=solution.predicted_loss, totals=solution.totals, constraints=constraints.to_json(),
+        interactions=_interaction_rows(analysis), bisection=bisection, seconds=seconds,
+        sensitivity={k: v for k, v in analysis.sensitivity.to_json().items() if k not in ("weights", "activations")},
+        notes=notes)
+
+
+# -- analysis ----------------------------------------------------------------------------------------
+def analyse_precision(graph: Graph, calibration: Sequence[Feed], target: str | targets.Target = "host", *,
+                      formats: Sequence[str] | None = None, clipping: str = "mse",
+                      labels: Sequence[np.ndarray] | None = None,
+                      settings: HutchinsonSettings = HutchinsonSettings(), interactions: bool = True,
+                      interaction_feeds: int = 1, loss_fn: LossFn | None = None, loss_name: str | None = None,
+                      cache_dir: str | Path | None = DEFAULT_CACHE, quiet: bool = True) -> PrecisionAnalysis:
+    """Steps 1-3 of the module docstring on the BN-folded copy of `graph` (cached: see passes/sensitivity)."""
+    calibration = list(calibration)
+    target = targets.load(target) if isinstance(target, str) else target
+    with_interactions = interactions
+    graph = FoldBatchNorm()(graph.copy())
+    points = weight_points(graph)
+    if not points:
+        raise UsageError(f"plan_precision: model {graph.name!r} has no Conv/ConvTranspose/MatMul weights to assign "
+                         "formats to")
+    candidates = candidates_for(target, tuple(formats) if formats is not None else None)
+    if not candidates:
+        raise UsageError(f"plan_precision: target {target.name!r} allows none of the formats {list(formats or [])}; "
+                         f"it lists {target.formats}")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    sensitivity = hessian_traces(graph, calibration, labels, settings, loss_fn=loss_fn, loss_name=loss_name,
+                                 cache_dir=cache_dir, quiet=quiet)
+    seconds["sensitivity_seconds"] = sensitivity.seconds
+    seconds["sensitivity_wall_seconds"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    specs, errors = _quantization_errors(graph, points, candidates, clipping)
+    seconds["omega_seconds"] = round(time.perf_counter() - start, 3)
+    readers = {name: [n for n in graph.nodes if n.inputs[1:2] == [name]] for name in points}
+    analysis = PrecisionAnalysis(graph, points, readers, candidates, sensitivity, specs, errors, None, seconds)
+    low = _low_candidate(candidates)
+    if with_interactions and low is not None:
+        start = time.perf_counter()
+        loss = loss_fn or builtin_loss(sensitivity.loss if sensitivity.loss in ("kl", "mse") else "kl", graph)
+        feeds = calibration[:max(1, interaction_feeds)]
+        analysis.interactions = _cached_interactions(analysis, feeds, low, loss, loss_name or sensitivity.loss,
+                                                     cache_dir, quiet)
+        seconds["interactions_seconds"] = analysis.interactions.seconds
+        seconds["interactions_wall_seconds"] = round(time.perf_counter() - start, 3)
+    return analysis
+
+
+def _quantization_errors(graph: Graph, points: dict[str, WeightPoint], candidates: list[LayerFormat],
+                         clipping: str) -> tuple[dict[str, list[QuantSpec | None]], dict[str, np.ndarray]]:
+    """Each weight's spec and ||Q(W) - W||^2 for every candidate, with the recipe's quantizer."""
+    specs: dict[str, list[QuantSpec | None]] = {}
+    errors: dict[str, np.ndarray] = {}
+    for name, point in points.items():
+        weight = graph.constants[name]
+        specs[name] = [None if c.format is None else
+                       QuantizeWeights(c.format, c.granularity, c.block_size, clipping).spec_for(weight, point)
+                       for c in candidates]
+        errors[name] = np.array([0.0 if s is None else quantization_error(weight, s) for s in specs[name]])
+    return specs, errors
+
+
+def _low_candidate(candidates: list[LayerFormat]) -> int | None:
+    """The candidate interactions are measured at: INT4 per channel, else the first of <= 4 bits."""
+    lows = [i for i, c in enumerate(candidates) if c.format is not None and bits_of(c) <= LOW_BITS]
+    preferred = [i for i in lows if candidates[i] == LayerFormat("int4")]
+    return (preferred or lows or [None])[0]
+
+
+def _cached_interactions(analysis: PrecisionAnalysis, feeds: list[Feed], low: int, loss: LossFn, loss_name: str,
+                         cache_dir: str | Path | None, quiet: bool) -> Interactions:
+    quantized = {name: fake_quant(analysis.graph.constants[name], analysis.specs[name][low])
+                 for name in analysis.points}
+    cache_file = None
+    if cache_dir is not None:
+        key = json.dumps({"graph": graph_digest(analysis.graph), "data": data_digest(feeds), "loss": loss_name,
+                          "low": list(analysis.candidates[low]), "version": 1}, sort_keys=True)
+        cache_file = Path(cache_dir) / f"{analysis.graph.name}-interactions-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+        if cache_file.exists():
+            return Interactions.from_json(json.loads(cache_file.read_text()))
+    result = measure_interactions(analysis.graph, feeds, quantized, loss, neighbour_pairs(analysis.graph), quiet)
+    result.settings = {"low": label(analysis.candidates[low]), "feeds": len(feeds), "loss": loss_name}
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(result.to_json(), indent=1))
+    return result
+
+
+# -- the ILP problem ---------------------------------------------------------------------------------
+def _tie_groups(points: Mapping[str, WeightPoint], ties: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    relation = nx.Graph()
+    relation.add_nodes_from(points)
+    for tie in ties:
+        unknown = [n for n in tie if n not in points]
+        if unknown:
+            raise UsageError(f"plan_precision: ties name {unknown}, which are not weights of Conv/ConvTranspose/"
+                             f"MatMul nodes; weights: {sorted(points)[:8]}{' ...' if len(points) > 8 else ''}")
+        relation.add_edges_from(zip(tie, tie[1:]))
+    order = {name: i for i, name in enumerate(points)}
+    return sorted((tuple(sorted(c, key=order.get)) for c in nx.connected_components(relation)),
+                  key=lambda g: order[g[0]])
+
+
+def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activations: str | None = None,
+                  ties: Sequence[Sequence[str]] = ()) -> tuple[Problem, list[tuple[str, ...]]]:
+    """The ILP of `analysis` on `target`: one group per set of tied weights (returned alongside)."""
+    groups = _tie_groups(analysis.points, ties)
+    index_of = {name: g for g, names in enumerate(groups) for name in names}
+    low = np.array([c.format is not None and bits_of(c) <= LOW_BITS for c in analysis.candidates])
+    problem_groups = []
+    for names in groups:
+        omega = sum(_omega(analysis, name) for name in names)
+        costs = {b: np.zeros(len(analysis.candidates)) for b in BUDGETS}
+        for name in names:
+            for k, candidate in enumerate(analysis.candidates):
+                cost = layer_cost(analysis.graph, analysis.readers[name], analysis.points[name], candidate, target,
+                                  activations)
+                costs["size_bytes"][k] += cost.bytes
+                costs["bops"][k] += cost.bops
+                costs["latency_ms"][k] += cost.latency_ms
+        problem_groups.append(Group(names, omega, costs, low))
+    pairs: dict[tuple[int, int], float] = {}
+    low_index = _low_candidate(analysis.candidates)
+    if analysis.interactions is not None and low_index is not None:
+        for (a, b) in analysis.interactions.pair:
+            key = (index_of[a], index_of[b])
+            if key[0] != key[1]:
+                predicted = 0.5 * (_omega(analysis, a)[low_index] + _omega(analysis, b)[low_index])
+                pairs[key] = pairs.get(key, 0.0) + _relative_interaction(analysis.interactions, a, b) * predicted
+    fixed = {"size_bytes": fixed_bytes(analysis.graph, set(analysis.points))}
+    return Problem(problem_groups, [(a, b, v) for (a, b), v in pairs.items()], fixed), groups
+
+
+def _relative_interaction(found: Interactions, a: str, b: str) -> float:
+    """The pair's measured interaction as a fraction of its parts' measured losses (>= -1, since the
+    pair's loss is not negative). The ILP applies it to the Hessian's prediction of the parts, so that
+    measured and predicted losses are never mixed in one sum."""
+    parts = found.single[a] + found.single[b]
+    return found.interaction(a, b) / parts if parts > 0 else 0.0
+
+
+def _omega(analysis: PrecisionAnalysis, name: str) -> np.ndarray:
+    trace = analysis.sensitivity.weights[name]
+    return max(trace.average_trace, 0.0) * analysis.errors[name]
+
+
+def _budgets(constraints: Constraints, analysis: PrecisionAnalysis, problem: Problem, activations: str | None) -> dict[str, float]:
+    if constraints.peak_activation_mb is not None:
+        peak = peak_activation_bytes(analysis.graph, activations)
+        if peak > constraints.peak_activation_mb * 1e6:
+            raise BudgetError(
+                f"peak_activation_mb={constraints.peak_activation_mb:.6g} is below the smallest feasible "
+                f"{peak / 1e6:.6g} MB: model {analysis.graph.name!r} holds that much activation data at once with "
+                f"activations in {activations or 'float32'}, whatever the weight formats. Raise the budget to at least "
+                "that, or quantize activations (recipe activations='uint8'/'int8').")
+    budgets = {"size_bytes": constraints.size_mb * 1e6 if constraints.size_mb else None,
+               "bops": constraints.bops_g * 1e9 if constraints.bops_g else None,
+               "latency_ms": constraints.latency_ms}
+    return {k: v for k, v in budgets.items() if v is not None}
+
+
+def _default_budget(problem: Problem, analysis: PrecisionAnalysis) -> tuple[dict[str, float], str]:
+    if LayerFormat("int8") not in analysis.candidates:
+        return {}, "no budget given: the plan minimizes predicted loss alone"
+    k = analysis.candidates.index(LayerFormat("int8"))
+    size = problem.total([k] * len(problem.groups), "size_bytes")
+    return {"size_bytes": size}, f"no budget given: the size of uniform INT8 ({size / 1e6:.3f} MB) is the budget"
+
+
+# -- accuracy budget ---------------------------------------------------------------------------------
+def fidelity(reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """Label-free fidelity: the mean over samples and outputs of the cosine similarity with FP32."""
+    values = []
+    for ref, out in zip(reference, outputs):
+        for name in ref:
+            a = np.asarray(ref[name], np.float64).reshape(len(ref[name]), -1)
+            b = np.asarray(out[name], np.float64).reshape(len(out[name]), -1)
+            norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+            values.append((a * b).sum(1) / norms)
+    return float(np.mean(np.concatenate(values)))
+
+
+def _metric(graph: Graph, eval_fn: EvalFn | None, feeds: Sequence[Feed]) -> Callable[[Graph], float]:
+    if eval_fn is not None:
+        return eval_fn
+    reference = [Simulator(graph, quantized=False).run(f) for f in feeds]
+    return lambda quantized: fidelity(reference, [Simulator(quantized).run(f) for f in feeds])
+
+
+def _bisect(problem: Problem, budgets: dict[str, float], max_drop: float, metric: Callable[[Graph], float],
+            build: Callable[[Solution], Graph], steps: int) -> tuple[Solution, list[dict[str, Any]]]:
+    """The cheapest (by size) assignment whose relative metric drop stays within `max_drop`: bisection
+    over the size budget between the smallest feasible size and the size of the least-loss assignment."""
+    others = {k: v for k, v in budgets.items() if k != "size_bytes"}
+    ceiling = budgets.get("size_bytes")
+    best = solve(problem, {**others, **({"size_bytes": ceiling} if ceiling else {})})
+    reference = metric(build(Solution([-1], 0.0, {}, 0.0)))
+    log: list[dict[str, Any]] = []
+    evaluated: dict[tuple[int, ...], float] = {}
+
+    def drop_of(solution: Solution) -> float:
+        key = tuple(solution.choice)
+        if key not in evaluated:
+            value = metric(build(solution))
+            evaluated[key] = (reference - value) / abs(reference) if reference else reference - value
+            log.append({"size_bytes": solution.totals["size_bytes"], "predicted_loss": solution.predicted_loss,
+                        "metric": value, "reference": reference, "relative_drop": evaluated[key]})
+        return evaluated[key]
+
+    if drop_of(best) > max_drop:
+        raise BudgetError(f"max_metric_drop={max_drop:.6g} cannot be met: the most precise assignment within the other "
+                          f"budgets ({best.totals['size_bytes'] / 1e6:.6g} MB) already drops the metric by "
+                          f"{evaluated[tuple(best.choice)]:.6g}. Allow a drop of at least that, or add float / wider "
+                          "formats to the candidates.")
+    low = smallest_feasible(problem, "size_bytes", others)
+    high = best.totals["size_bytes"]
+    for _ in range(steps):
+        if high - low <= 1e-3 * high:
+            break
+        middle = solve(problem, {**others, "size_bytes": (low + high) / 2})
+        if drop_of(middle) <= max_drop:
+            best, high = middle, middle.totals["size_bytes"]
+        else:
+            low = (low + high) / 2
+    return best, log
+
+
+def quantized_graph(analysis: PrecisionAnalysis, groups: list[tuple[str, ...]], choice: Sequence[int]) -> Graph:
+    """The folded graph with each weight's chosen spec (choice [-1]: the float graph)."""
+    graph = analysis.graph.copy()
+    if list(choice) == [-1]:
+        return graph
+    for names, k in zip(groups, choice):
+        for name in names:
+            graph.values[name].quant = analysis.specs[name][k]
+    return graph
+
+
+# -- results -----------------------------------------------------------------------------------------
+def _choices(analysis: PrecisionAnalysis, groups: list[tuple[str, ...]], choice: Sequence[int]) -> dict[str, LayerFormat]:
+    return {name: analysis.candidates[k] for names, k in zip(groups, choice) for name in names}
+
+
+def _choice_json(candidate: LayerFormat) -> dict[str, Any]:
+    return {"format": candidate.format, "bits": bits_of(candidate), "granularity": candidate.granularity,
+            "block_size": candidate.block_size, "label": label(candidate)}
+
+
+def _layer_rows(analysis: PrecisionAnalysis, choices: Mapping[str, LayerFormat]) -> list[dict[str, Any]]:
+    rows = []
+    labels = [label(c) for c in analysis.candidates]
+    for name, point in analysis.points.items():
+        trace = analysis.sensitivity.weights[name]
+        omega = _omega(analysis, name)
+        for node in analysis.readers[name]:
+            activation = analysis.sensitivity.activations.get(node.inputs[0])
+            rows.append({
+                "name": name, "node": node.name, "op": node.op, "params": int(analysis.graph.values[name].size),
+                "shape": list(analysis.graph.values[name].shape),
+                "trace": trace.trace, "average_trace": trace.average_trace, "trace_rel_error": trace.relative_error,
+                "activation": node.inputs[0],
+                "activation_average_trace": activation.average_trace if activation else None,
+                "omega": dict(zip(labels, map(float, omega))),
+                "quant_error": dict(zip(labels, map(float, analysis.errors[name]))),
+                "chosen": label(choices[name]),
+            })
+    return rows
+
+
+def _interaction_rows(analysis: PrecisionAnalysis) -> list[dict[str, Any]]:
+    found = analysis.interactions
+    if found is None:
+        return []
+    return [{"a": a, "b": b, "loss_a": found.single[a], "loss_b": found.single[b], "loss_ab": v,
+             "interaction": found.interaction(a, b), "relative": _relative_interaction(found, a, b)}
+            for (a, b), v in found.pair.items()]

@@ -1,0 +1,430 @@
+"""Evidence for Hessian-guided mixed precision (bitsmith.precision) on MobileNetV2 and MiniLM-L6.
+
+For each model, on real data from the zoo (calibration and evaluation splits disjoint):
+- spearman_sensitivity: rank correlation between each layer's Omega at INT4 (HAWQ-V2) and the measured
+  metric drop on evaluation data when only that layer is quantized to INT4;
+- at an average of 5 and 6 weight bits (equal size, INT4/INT8 per channel): the metric of the Hessian
+  ILP, uniform INT8, uniform INT4, random assignments (mean of 5 seeds) and the reversed Hessian ranking;
+  and the ILP over every format the target allows at the same size;
+- with a 1% relative metric-drop budget: the configuration plan_precision picks (bisection on
+  calibration data), its drop on evaluation data and its size relative to INT8;
+- format selection: for each weight, the 8-bit and 4-bit formats with the least Omega, against the
+  tensor's kurtosis (outlier-heaviness);
+- sensitivity_seconds and ilp_seconds (with the load average: the machine is shared).
+
+Weight-only mixed precision: activations stay in float, so every difference comes from the weights.
+Writes docs/results/mixed_precision.json, .md and .png. Re-run: `.venv/bin/python scripts/mixed_precision.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.stats import kurtosis, spearmanr
+
+import bitsmith
+from bitsmith import targets, zoo
+from bitsmith.constraints import Constraints
+from bitsmith.frontends.onnx import import_onnx
+from bitsmith.interpreter import run_node
+from bitsmith.measure import classification_fidelity, cosine, mean_pooled
+from bitsmith.passes.assign_precision import Group, Problem, solve
+from bitsmith.passes.precision_costs import label
+from bitsmith.passes.sensitivity import HutchinsonSettings
+from bitsmith.precision import analyse_precision, build_problem, fidelity, plan_precision, quantized_graph
+from bitsmith.recipes import LayerFormat
+from bitsmith.simulate import Simulator
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+TARGET = "x86-avx2"
+AVERAGE_BITS = (5, 6)
+RANDOM_SEEDS = 5
+DROP_BUDGET = 0.01
+Outputs = list[dict[str, np.ndarray]]
+
+
+@dataclass
+class Task:
+    model: str
+    batch: int
+    sens_batches: int      # calibration feeds for the Hessian (the first also measures interactions)
+    select_batches: int    # further calibration feeds for the accuracy-budget bisection
+    eval_batches: int
+    seq_len: int | None
+    max_probes: int
+    metric_name: str
+
+
+TASKS = {
+    "mobilenet_v2": Task("mobilenet_v2", 8, 2, 8, 32, None, 8, "kl"),
+    "minilm_l6": Task("minilm_l6", 8, 2, 8, 32, 128, 8, "cosine"),
+}
+
+
+def load_model(task: Task):
+    shapes = zoo.input_shapes(task.model, task.batch, **({"seq_len": task.seq_len} if task.seq_len else {}))
+    kwargs = {"seq_len": task.seq_len} if task.seq_len else {}
+    calib = zoo.inputs(task.model, task.sens_batches + task.select_batches, batch=task.batch, split="calib", **kwargs)
+    evaluation = zoo.inputs(task.model, task.eval_batches, batch=task.batch, split="eval", **kwargs)
+    return import_onnx(zoo.onnx_path(task.model), shapes), calib[:task.sens_batches], calib[task.sens_batches:], evaluation
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+def metrics(task: Task, feeds: list, reference: Outputs, outputs: Outputs) -> dict[str, float]:
+    """MobileNetV2: KL and top-1 agreement vs FP32 (drop = KL); MiniLM: cosine of the mean-pooled
+    embeddings vs FP32 (drop = 1 - cosine)."""
+    if task.model == "mobilenet_v2":
+        out = classification_fidelity(np.concatenate([r["logits"] for r in reference]),
+                                      np.concatenate([o["logits"] for o in outputs]))
+        return {"kl": out["kl"], "top1_agree": out["top1_agree"], "drop": out["kl"],
+                "fidelity": fidelity(reference, outputs)}
+    mask = np.concatenate([f["attention_mask"] for f in feeds])
+    a = mean_pooled(np.concatenate([r["last_hidden_state"] for r in reference]), mask)
+    b = mean_pooled(np.concatenate([o["last_hidden_state"] for o in outputs]), mask)
+    value = float(cosine(a, b).mean())
+    return {"cosine": value, "drop": 1.0 - value}
+
+
+def run_all(graph, feeds: list) -> Outputs:
+    sim = Simulator(graph)
+    return [sim.run(f) for f in feeds]
+
+
+# -- baselines on the INT4 / INT8 problem ------------------------------------------------------------
+def sub_problem(problem: Problem, keep: list[int]) -> Problem:
+    groups = [Group(g.names, g.omega[keep], {k: v[keep] for k, v in g.costs.items()}, g.low[keep])
+              for g in problem.groups]
+    return Problem(groups, problem.interactions, problem.fixed)
+
+
+def equal_size_budget(problem: Problem, bits: float) -> float:
+    """Size at `bits` average weight bits: INT4 everywhere plus (bits - 4)/4 of the way to INT8."""
+    int8 = problem.total([0] * len(problem.groups), "size_bytes")
+    int4 = problem.total([1] * len(problem.groups), "size_bytes")
+    return int4 + (bits - 4) / 4 * (int8 - int4)
+
+
+def random_choice(problem: Problem, budget: float, seed: int) -> list[int]:
+    """INT8 (candidate 0) for layers in a random order while the size stays within budget, INT4 (1) after."""
+    choice = [1] * len(problem.groups)
+    for g in np.random.default_rng(seed).permutation(len(problem.groups)):
+        trial = choice.copy()
+        trial[g] = 0
+        if problem.total(trial, "size_bytes") <= budget:
+            choice = trial
+    return choice
+
+
+def reversed_problem(problem: Problem) -> Problem:
+    """The same problem with each layer's INT4 penalty swapped for the one at the mirrored rank: the
+    layers the Hessian finds least sensitive (per byte saved) look the most sensitive."""
+    benefit = [g.omega[1] - g.omega[0] for g in problem.groups]
+    saved = [g.costs["size_bytes"][0] - g.costs["size_bytes"][1] for g in problem.groups]
+    order = np.argsort([b / max(s, 1.0) for b, s in zip(benefit, saved)])
+    mirrored = {int(order[i]): int(order[-1 - i]) for i in range(len(order))}
+    groups = []
+    for g, group in enumerate(problem.groups):
+        other = problem.groups[mirrored[g]]
+        ratio = max(saved[g], 1.0) / max(saved[mirrored[g]], 1.0)
+        omega = np.array([0.0, (other.omega[1] - other.omega[0]) * ratio])
+        groups.append(Group(group.names, omega, group.costs, group.low))
+    return Problem(groups, [], problem.fixed)
+
+
+# -- per-layer sensitivity against measured drops ----------------------------------------------------
+def single_layer_drops(task: Task, analysis, low: int, feeds: list, reference: Outputs) -> dict[str, float]:
+    """Metric drop on `feeds` with only one weight at the `low` candidate, for every weight. Each run
+    recomputes only the nodes downstream of the changed weight, from float activations kept per feed."""
+    graph = analysis.graph
+    names = list(analysis.points)
+    outputs: dict[str, Outputs] = {n: [] for n in names}
+    first = {n: min(i for i, node in enumerate(graph.nodes) if n in node.inputs) for n in names}
+    constants = {n: torch.from_numpy(np.array(a)) for n, a in graph.constants.items()}
+    from bitsmith.formats import fake_quant
+
+    quantized = {n: torch.from_numpy(fake_quant(graph.constants[n], analysis.specs[n][low])) for n in names}
+    for feed in feeds:
+        env = {n: torch.from_numpy(np.array(feed[n])) for n in graph.inputs}
+        with torch.no_grad():
+            for node in graph.nodes:
+                env.update(zip(node.outputs, run_node(node, [env.get(i, constants.get(i)) if i else None
+                                                             for i in node.inputs])))
+            for name in names:
+                changed = {name: quantized[name]}
+                for node in graph.nodes[first[name]:]:
+                    if any(i in changed for i in node.inputs):
+                        args = [changed.get(i, env.get(i, constants.get(i))) if i else None for i in node.inputs]
+                        changed.update(zip(node.outputs, run_node(node, args)))
+                outputs[name].append({o: changed.get(o, env[o]).numpy() for o in graph.outputs})
+    return {name: metrics(task, feeds, reference, outputs[name])["drop"] for name in names}
+
+
+def format_selection(analysis) -> dict:
+    """Which format of each width has the least Omega (equivalently the least error), per weight."""
+    labels = [label(c) for c in analysis.candidates]
+    rows = []
+    for name in analysis.points:
+        weight = analysis.graph.constants[name].reshape(-1)
+        errors = dict(zip(labels, analysis.errors[name]))
+        best8 = min((l for l in labels if l in ("int8", "fp8_e4m3", "fp8_e5m2")), key=errors.get)
+        best4 = min((l for l in labels if l in ("int4", "fp4_e2m1", "mxfp4/b32", "nvfp4/b16")), key=errors.get)
+        rows.append({"name": name, "kurtosis": float(kurtosis(weight)), "best_8bit": best8, "best_4bit": best4,
+                     "log_error_ratio_int8_over_e4m3": float(np.log(errors["int8"] / errors["fp8_e4m3"]))})
+    fp8 = [r["kurtosis"] for r in rows if r["best_8bit"] != "int8"]
+    int8 = [r["kurtosis"] for r in rows if r["best_8bit"] == "int8"]
+    rho = spearmanr([r["kurtosis"] for r in rows], [r["log_error_ratio_int8_over_e4m3"] for r in rows])[0]
+    return {"layers": rows,
+            "best_8bit_counts": {k: sum(r["best_8bit"] == k for r in rows) for k in ("int8", "fp8_e4m3", "fp8_e5m2")},
+            "best_4bit_counts": {k: sum(r["best_4bit"] == k for r in rows)
+                                 for k in ("int4", "fp4_e2m1", "mxfp4/b32", "nvfp4/b16")},
+            "median_kurtosis_where_fp8_wins": float(np.median(fp8)) if fp8 else None,
+            "median_kurtosis_where_int8_wins": float(np.median(int8)) if int8 else None,
+            "spearman_kurtosis_vs_int8_fp8_error_ratio": float(rho)}
+
+
+# -- driver ------------------------------------------------------------------------------------------
+def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
+    graph, sens_feeds, select_feeds, eval_feeds = load_model(task)
+    target = targets.load(TARGET)
+    fp32_eval = [Simulator(graph, quantized=False).run(f) for f in eval_feeds]
+    settings = HutchinsonSettings(max_probes=task.max_probes, min_probes=task.max_probes, tolerance=0.2)
+    load_before = os.getloadavg()
+    analysis = analyse_precision(graph, sens_feeds, target, settings=settings, cache_dir=cache)
+    load_after = os.getloadavg()
+    log(f"{task.model}: analysis {analysis.seconds}")
+    problem_all, groups = build_problem(analysis, target)
+    labels = [label(c) for c in analysis.candidates]
+    int8, int4 = labels.index("int8"), labels.index("int4")
+    problem = sub_problem(problem_all, [int8, int4])
+    index = {0: int8, 1: int4}
+
+    def evaluate(choice: list[int], all_formats: bool = False) -> dict:
+        chosen = choice if all_formats else [index[c] for c in choice]
+        q = quantized_graph(analysis, groups, chosen)
+        sizes = problem_all.total(chosen, "size_bytes")
+        return {**metrics(task, eval_feeds, fp32_eval, run_all(q, eval_feeds)), "size_bytes": sizes,
+                "average_weight_bits": average_bits(analysis, groups, chosen)}
+
+    # 1. per-layer Omega against measured single-layer drops
+    start = time.perf_counter()
+    drops = single_layer_drops(task, analysis, int4, eval_feeds, fp32_eval)
+    omega4 = {name: float(analysis.errors[name][int4] * max(analysis.sensitivity.weights[name].average_trace, 0))
+              for name in analysis.points}
+    names = list(analysis.points)
+    rho = float(spearmanr([omega4[n] for n in names], [drops[n] for n in names])[0])
+    measured_singles = analysis.interactions.single if analysis.interactions else {}
+    rho_calib = float(spearmanr([measured_singles[n] for n in names], [drops[n] for n in names])[0]) \
+        if measured_singles else None
+    log(f"{task.model}: spearman {rho:.3f} ({time.perf_counter() - start:.0f}s)")
+
+    # 2. equal size comparisons
+    t0 = time.perf_counter()
+    solve(problem, {"size_bytes": equal_size_budget(problem, 5)})
+    ilp_seconds = time.perf_counter() - t0
+    comparisons = {"uniform_int8": evaluate([0] * len(groups)), "uniform_int4": evaluate([1] * len(groups))}
+    for bits in AVERAGE_BITS:
+        budget = equal_size_budget(problem, bits)
+        row: dict = {"size_budget_bytes": budget}
+        row["hessian_ilp"] = evaluate(solve(problem, {"size_bytes": budget}).choice)
+        row["hessian_ilp_no_interactions"] = evaluate(
+            solve(Problem(problem.groups, [], problem.fixed), {"size_bytes": budget}).choice)
+        row["hessian_ilp_all_formats"] = evaluate(solve(problem_all, {"size_bytes": budget}).choice, all_formats=True)
+        row["hessian_ilp_all_formats"]["formats"] = _format_counts(
+            solve(problem_all, {"size_bytes": budget}).choice, labels)
+        randoms = [evaluate(random_choice(problem, budget, seed)) for seed in range(RANDOM_SEEDS)]
+        row["random"] = {k: float(np.mean([r[k] for r in randoms])) for k in randoms[0]}
+        row["random"]["per_seed_drop"] = [r["drop"] for r in randoms]
+        row["reverse_hessian"] = evaluate(solve(reversed_problem(problem), {"size_bytes": budget}).choice)
+        comparisons[f"avg_{bits}_bits"] = row
+        log(f"{task.model}: {bits} bits: " + ", ".join(f"{k}={v['drop']:.4g}" for k, v in row.items()
+                                                      if isinstance(v, dict)))
+
+    # 3. accuracy budget: bisection on calibration data, reported on evaluation data
+    eval_fn = None
+    if task.model == "minilm_l6":
+        fp32_select = [Simulator(graph, quantized=False).run(f) for f in select_feeds]
+
+        def eval_fn(q):  # mean-pooled embedding cosine vs FP32 on the selection feeds
+            return 1.0 - metrics(task, select_feeds, fp32_select, run_all(q, select_feeds))["drop"]
+
+    start = time.perf_counter()
+    plan = plan_precision(graph, sens_feeds, target, Constraints(max_metric_drop=DROP_BUDGET), eval_fn=eval_fn,
+                          settings=settings, eval_feeds=select_feeds, cache_dir=cache)
+    budget_seconds = time.perf_counter() - start
+    q = bitsmith.quantize(graph, plan.recipe, sens_feeds)
+    measured = metrics(task, eval_feeds, fp32_eval, run_all(q, eval_feeds))
+    reference_metric = 1.0
+    chosen_metric = measured["fidelity"] if task.model == "mobilenet_v2" else measured["cosine"]
+    budget_row = {
+        "max_relative_drop": DROP_BUDGET,
+        "selection_metric": "label-free fidelity (mean cosine of the logits with FP32)" if eval_fn is None
+        else "mean-pooled embedding cosine with FP32 (eval_fn)",
+        "selection_samples": task.batch * task.select_batches,
+        "eval_relative_drop": (reference_metric - chosen_metric) / reference_metric,
+        "eval_metrics": measured,
+        "size_bytes": plan.totals["size_bytes"],
+        "size_relative_to_int8": plan.totals["size_bytes"] / comparisons["uniform_int8"]["size_bytes"],
+        "formats": _format_counts_labels(plan),
+        "bisection": plan.bisection,
+        "seconds": round(budget_seconds, 1),
+    }
+    if task.model == "mobilenet_v2":
+        int8_eval = comparisons["uniform_int8"]
+        budget_row["uniform_int8_eval_relative_drop"] = 1.0 - int8_eval["fidelity"]
+    else:
+        budget_row["uniform_int8_eval_relative_drop"] = comparisons["uniform_int8"]["drop"]
+    log(f"{task.model}: 1% budget: {budget_row['eval_relative_drop']:.4f}, size x{budget_row['size_relative_to_int8']:.3f}")
+
+    return {
+        "batch": task.batch, "seq_len": task.seq_len,
+        "calib_samples_hessian": task.batch * task.sens_batches,
+        "calib_samples_interactions": task.batch,
+        "calib_samples_selection": task.batch * task.select_batches,
+        "eval_samples": task.batch * task.eval_batches, "splits_disjoint": True,
+        "drop_metric": "KL(FP32 || quantized) of the softmax" if task.model == "mobilenet_v2"
+        else "1 - mean cosine of mean-pooled embeddings with FP32",
+        "weights": len(analysis.points), "candidates": labels,
+        "sensitivity": {k: v for k, v in analysis.sensitivity.to_json().items() if k not in ("weights", "activations")},
+        "sensitivity_seconds": analysis.sensitivity.seconds,
+        "interactions_seconds": analysis.seconds.get("interactions_seconds"),
+        "omega_seconds": analysis.seconds.get("omega_seconds"),
+        "ilp_seconds": round(ilp_seconds, 4),
+        "loadavg_during_analysis": [round(x, 2) for x in (*load_before, *load_after)],
+        "spearman_sensitivity": rho,
+        "spearman_measured_calibration_single_losses": rho_calib,
+        "layers": [{"name": n, "omega_int4": omega4[n], "eval_drop_int4_alone": drops[n],
+                    "average_trace": analysis.sensitivity.weights[n].average_trace,
+                    "params": int(analysis.graph.values[n].size)} for n in names],
+        "comparisons": comparisons,
+        "accuracy_budget": budget_row,
+        "format_selection": format_selection(analysis),
+        "pareto": plan.pareto,
+    }
+
+
+def average_bits(analysis, groups, choice) -> float:
+    from bitsmith.passes.precision_costs import bits_of
+
+    total = sum(bits_of(analysis.candidates[k]) * analysis.graph.values[n].size for names, k in zip(groups, choice)
+                for n in names)
+    return total / sum(analysis.graph.values[n].size for names in groups for n in names)
+
+
+def _format_counts(choice: list[int], labels: list[str]) -> dict[str, int]:
+    return {l: choice.count(i) for i, l in enumerate(labels) if choice.count(i)}
+
+
+def _format_counts_labels(plan) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in plan.choices.values():
+        counts[c["label"]] = counts.get(c["label"], 0) + 1
+    return counts
+
+
+# -- output ------------------------------------------------------------------------------------------
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(doc["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2))
+    for ax, model in zip(np.atleast_1d(axes), models):
+        r = doc["models"][model]
+        front = r["pareto"]
+        ax.plot([p["size_bytes"] / 1e6 for p in front], [p["predicted_loss"] for p in front], "o-",
+                label="ILP Pareto front (predicted)")
+        ax.set_xlabel("weight + parameter size (MB)")
+        ax.set_ylabel("predicted loss increase")
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_title(f"{model} on {doc['target']}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(doc: dict) -> str:
+    lines = ["# Hessian-guided mixed precision", "",
+             "Written by `scripts/mixed_precision.py`. Weight-only mixed precision: activations stay in float, "
+             "so every difference comes from the weight formats. Calibration and evaluation splits are "
+             f"disjoint. Target `{doc['target']}`; CPU: {doc['cpu']}.", ""]
+    for model, r in doc["models"].items():
+        comp = r["comparisons"]
+        lines += [f"## {model}", "",
+                  f"{r['weights']} weights; Hessian on {r['calib_samples_hessian']} calibration samples "
+                  f"({r['sensitivity']['probes']} probes, {r['sensitivity']['estimator']} estimator, loss "
+                  f"{r['sensitivity']['loss']}), interactions on {r['calib_samples_interactions']}, budget selection "
+                  f"on {r['calib_samples_selection']}; metrics on {r['eval_samples']} evaluation samples. "
+                  f"Drop metric: {r['drop_metric']}.", "",
+                  f"- spearman_sensitivity (Omega at INT4 vs measured drop of that layer alone at INT4): "
+                  f"**{r['spearman_sensitivity']:.3f}** (goal >= 0.7)",
+                  f"- sensitivity_seconds: **{r['sensitivity_seconds']:.1f}**, interactions {r['interactions_seconds']:.1f} s, "
+                  f"Omega tables {r['omega_seconds']:.1f} s, ilp_seconds: **{r['ilp_seconds']:.3f}** "
+                  f"(load average {r['loadavg_during_analysis']})", "",
+                  "| configuration | avg bits | size (MB) | drop | " + ("top-1 agree |" if model == "mobilenet_v2" else ""),
+                  "|---|---|---|---|" + ("---|" if model == "mobilenet_v2" else "")]
+
+        def row(name: str, m: dict) -> str:
+            extra = f" {m['top1_agree']:.4f} |" if "top1_agree" in m else ""
+            return f"| {name} | {m['average_weight_bits']:.2f} | {m['size_bytes'] / 1e6:.3f} | {m['drop']:.5f} |{extra}"
+
+        lines.append(row("uniform_int8", comp["uniform_int8"]))
+        lines.append(row("uniform_int4", comp["uniform_int4"]))
+        for bits in AVERAGE_BITS:
+            c = comp[f"avg_{bits}_bits"]
+            for name in ("hessian_ilp", "hessian_ilp_no_interactions", "random", "reverse_hessian",
+                         "hessian_ilp_all_formats"):
+                lines.append(row(f"{name} @ {bits} bits", c[name]))
+        lines += ["", "At 5 bits, hessian_ilp's drop is "
+                  f"{comp['avg_5_bits']['hessian_ilp']['drop'] / comp['uniform_int8']['drop']:.2f}x uniform INT8's "
+                  "(goal <= 1.5x). hessian_ilp_all_formats chose "
+                  f"{comp['avg_5_bits']['hessian_ilp_all_formats']['formats']} at 5 bits.", ""]
+        b = r["accuracy_budget"]
+        lines += [f"Accuracy budget {b['max_relative_drop']:.0%} ({b['selection_metric']}, chosen on "
+                  f"{b['selection_samples']} calibration samples): relative drop on evaluation data "
+                  f"**{b['eval_relative_drop']:.4%}** (uniform INT8: {b['uniform_int8_eval_relative_drop']:.4%}), size "
+                  f"**{b['size_relative_to_int8']:.3f}x INT8**, formats {b['formats']}.", ""]
+        f = r["format_selection"]
+        lines += [f"Format selection by Omega: best 8-bit format per weight {f['best_8bit_counts']}, best 4-bit "
+                  f"{f['best_4bit_counts']}; median kurtosis where FP8 wins {f['median_kurtosis_where_fp8_wins']}, "
+                  f"where INT8 wins {f['median_kurtosis_where_int8_wins']}; spearman(kurtosis, log(err INT8 / err "
+                  f"E4M3)) = {f['spearman_kurtosis_vs_int8_fp8_error_ratio']:.3f}.", ""]
+    lines += ["![Pareto fronts](mixed_precision.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="*", default=list(TASKS))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    doc = {"bitsmith_version": bitsmith.__version__, "target": TARGET, "cpu": platform.processor() or platform.machine(),
+           "cores": os.cpu_count(), "models": {}}
+    path = RESULTS / "mixed_precision.json"
+    if path.exists() and args.models != list(TASKS):
+        doc["models"] = json.loads(path.read_text())["models"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        with tempfile.TemporaryDirectory(prefix="bitsmith-mp-") as cache:  # measured afresh, reused within the run
+            doc["models"][model] = run_task(TASKS[model], Path(cache), lambda m: print(m, flush=True))
+        path.write_text(json.dumps(doc, indent=1))
+        (RESULTS / "mixed_precision.md").write_text(render(doc))
+        plot(doc, RESULTS / "mixed_precision.png")
+    print(render(doc))
+
+
+if __name__ == "__main__":
+    main()

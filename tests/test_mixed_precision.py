@@ -1,0 +1,284 @@
+"""Hessian-guided mixed precision: the Hutchinson traces against exact Hessians, determinism and the
+cache, the ILP's budgets, ties and infeasibility errors, the accuracy-budget bisection, and plans that
+flow through the normal quantize driver. Small real graphs here; full models under `-m slow`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+from bitsmith import zoo
+from bitsmith.constraints import Constraints
+from bitsmith.errors import BudgetError, UsageError
+from bitsmith.formats import fake_quant
+from bitsmith.frontends.onnx import import_onnx
+from bitsmith.interpreter import execute
+from bitsmith.ir import Graph
+from bitsmith.passes.assign_precision import Group, Problem, pareto_front, solve
+from bitsmith.passes.interlayer import neighbour_pairs
+from bitsmith.passes.precision_costs import label, weight_bytes
+from bitsmith.passes.quant_points import weight_points
+from bitsmith.passes.sensitivity import HutchinsonSettings, builtin_loss, hessian_traces
+from bitsmith.precision import analyse_precision, build_problem, plan_precision
+from bitsmith.quantize import quantize
+from bitsmith.recipes import LayerFormat, QuantRecipe
+from bitsmith.simulate import Simulator
+from bitsmith import targets
+
+from onnx_cases import init, model, out, tensor_input
+
+RNG = np.random.default_rng(7)
+BATCH = 16
+
+
+def mlp(shared: bool = False) -> Graph:
+    """x[16, 6] -> MatMul w1 -> Tanh -> MatMul w2 -> Tanh -> MatMul w3 -> logits[16, 5]. With `shared`,
+    the middle layer reuses w1's constant (a square 6x6 weight read by two nodes)."""
+    w1 = RNG.standard_normal((6, 6)).astype(np.float32) * 0.6
+    w2 = RNG.standard_normal((6, 6)).astype(np.float32) * 0.6
+    w3 = RNG.standard_normal((6, 5)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Tanh", ["a"], ["ta"]),
+             helper.make_node("MatMul", ["ta", "w1" if shared else "w2"], ["b"]), helper.make_node("Tanh", ["b"], ["tb"]),
+             helper.make_node("MatMul", ["tb", "w3"], ["y"])]
+    inits = [init("w1", w1), init("w3", w3)] + ([] if shared else [init("w2", w2)])
+    return import_onnx(model(nodes, [tensor_input("x", [BATCH, 6])], [out()], inits))
+
+
+def feeds(count: int = 2) -> list[dict[str, np.ndarray]]:
+    return [{"x": RNG.standard_normal((BATCH, 6)).astype(np.float32)} for _ in range(count)]
+
+
+def exact_traces(graph: Graph, feed: dict[str, np.ndarray], kind: str, labels: np.ndarray | None = None) -> dict:
+    """Tr of each weight's diagonal Hessian block, from torch's dense Hessian of the same loss."""
+    names = sorted(weight_points(graph))
+    sim = Simulator(graph, quantized=False)
+    x = torch.from_numpy(feed["x"])
+    with torch.no_grad():
+        reference = sim.forward({"x": x})
+    loss = builtin_loss(kind, graph)
+    extra = {"__labels__": labels} if labels is not None else {}
+
+    def f(*weights):
+        env = execute(graph, {**sim.constants, **dict(zip(names, weights)), "x": x})
+        return loss({"y": env["y"]}, {"y": reference["y"]}, extra)
+
+    weights = tuple(sim.constants[n].double().float() for n in names)
+    hessian = torch.autograd.functional.hessian(f, weights)
+    return {n: float(torch.diagonal(hessian[i][i].reshape(weights[i].numel(), -1)).sum()) for i, n in enumerate(names)}
+
+
+# -- sensitivity ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("estimator", ["gauss_newton", "hvp"])
+def test_hutchinson_trace_matches_the_exact_hessian_trace(estimator):
+    graph, data = mlp(), feeds(1)
+    exact = exact_traces(graph, data[0], "kl")
+    settings = HutchinsonSettings(loss_kind="kl", estimator=estimator, tolerance=0.1, min_probes=256,
+                                  max_probes=256, probes_per_batch=256, activations=False)
+    found = hessian_traces(graph, data, settings=settings, cache_dir=None)
+    assert found.converged and found.estimator == estimator and found.probes == 256
+    for name, value in exact.items():
+        trace = found.weights[name]
+        assert abs(trace.trace - value) <= 4 * trace.std_error, name  # unbiased: within 4 standard errors
+        assert trace.relative_error <= 0.1
+
+
+def test_task_loss_trace_matches_the_exact_hessian_away_from_the_minimum():
+    graph, data = mlp(), feeds(1)
+    labels = [RNG.integers(0, 5, BATCH)]
+    exact = exact_traces(graph, data[0], "task", labels[0])
+    settings = HutchinsonSettings(tolerance=0.2, min_probes=256, max_probes=256, probes_per_batch=256,
+                                  activations=False)
+    found = hessian_traces(graph, data, labels, settings=settings, cache_dir=None)
+    assert found.loss == "task" and found.estimator == "hvp"
+    for name, value in exact.items():
+        trace = found.weights[name]
+        assert abs(trace.trace - value) <= 4 * trace.std_error and trace.relative_error <= 0.2, name
+
+
+def test_traces_are_deterministic_and_cached_as_json(tmp_path):
+    graph, data = mlp(), feeds(2)
+    settings = HutchinsonSettings(min_probes=4, max_probes=8)
+    first = hessian_traces(graph, data, settings=settings, cache_dir=None)
+    again = hessian_traces(graph, data, settings=settings, cache_dir=None)
+    other_seed = hessian_traces(graph, data, settings=HutchinsonSettings(min_probes=4, max_probes=8, seed=1),
+                                cache_dir=None)
+    assert {n: t.trace for n, t in first.weights.items()} == {n: t.trace for n, t in again.weights.items()}
+    assert {n: t.trace for n, t in first.weights.items()} != {n: t.trace for n, t in other_seed.weights.items()}
+    assert set(first.activations) == {"x", "ta", "tb"}
+    stored = hessian_traces(graph, data, settings=settings, cache_dir=tmp_path)
+    cached = hessian_traces(graph, data, settings=settings, cache_dir=tmp_path)
+    (cache_file,) = tmp_path.glob("*.json")
+    assert not stored.cached and cached.cached and json.loads(cache_file.read_text())["probes"] == stored.probes
+    assert {n: t.trace for n, t in cached.weights.items()} == {n: t.trace for n, t in first.weights.items()}
+    assert hessian_traces(graph, feeds(2), settings=settings, cache_dir=tmp_path).cached is False  # new data
+
+
+def test_gauss_newton_refuses_losses_it_does_not_equal():
+    graph, data = mlp(), feeds(1)
+    with pytest.raises(UsageError, match="gauss_newton"):
+        hessian_traces(graph, data, [np.zeros(BATCH, np.int64)], HutchinsonSettings(estimator="gauss_newton"),
+                       cache_dir=None)
+
+
+# -- interactions --------------------------------------------------------------------------------------
+def test_neighbours_are_weighted_layers_joined_by_weightless_ops():
+    assert neighbour_pairs(mlp()) == [("w1", "w2"), ("w2", "w3")]
+
+
+# -- the ILP -------------------------------------------------------------------------------------------
+def two_layer_problem(interaction: float) -> Problem:
+    """Two layers, candidates (8-bit, 4-bit): 4-bit costs 1 each in loss, saves 1 byte each."""
+    groups = [Group((n,), np.array([0.0, 2.0]), {"size_bytes": np.array([2.0, 1.0])}, np.array([False, True]))
+              for n in ("a", "b")]
+    return Problem(groups, [(0, 1, interaction)], {"size_bytes": 10.0})
+
+
+def test_ilp_linearizes_interactions_exactly():
+    assert solve(two_layer_problem(0.0), {"size_bytes": 12.0}).predicted_loss == pytest.approx(2.0)
+    # both at 4 bits: predicted 1 + 1 + interaction; a large negative one makes both-low the cheapest loss
+    both_low = solve(two_layer_problem(-1.5), {"size_bytes": 13.0})  # one layer low (loss 1) or both (0.5)
+    assert both_low.choice == [1, 1] and both_low.predicted_loss == pytest.approx(0.5)
+    assert solve(two_layer_problem(3.0), {"size_bytes": 13.0}).choice in ([0, 1], [1, 0])
+
+
+def test_infeasible_budget_names_the_smallest_feasible_one():
+    with pytest.raises(BudgetError, match=r"size_mb=1e-05 is below the smallest feasible 1.2e-05 MB"):
+        solve(two_layer_problem(0.0), {"size_bytes": 10.0})
+
+
+def test_plan_respects_the_size_budget_and_returns_a_pareto_front(tmp_path):
+    graph, data = mlp(), feeds(2)
+    plan = plan_precision(graph, data, "x86-avx2", Constraints(size_mb=0.00025), cache_dir=tmp_path,
+                          settings=HutchinsonSettings(min_probes=8, max_probes=16))
+    assert plan.totals["size_bytes"] <= 250
+    assert {row["name"] for row in plan.layers} == {"w1", "w2", "w3"}
+    sizes = [p["size_bytes"] for p in plan.pareto]
+    losses = [p["predicted_loss"] for p in plan.pareto]
+    assert sizes == sorted(sizes) and losses == sorted(losses, reverse=True) and len(plan.pareto) >= 3
+    assert plan.seconds["ilp_seconds"] < 5
+    json.dumps(plan.to_json())
+
+
+def test_plan_infeasible_size_states_the_smallest_feasible_size(tmp_path):
+    graph, data = mlp(), feeds(2)
+    points = weight_points(graph)
+    candidates = [LayerFormat("int8"), LayerFormat("int4")]
+    smallest = sum(min(weight_bytes(graph.values[n].shape, p, c) for c in candidates) for n, p in points.items())
+    with pytest.raises(BudgetError) as error:
+        plan_precision(graph, data, "x86-avx2", Constraints(size_mb=1e-6), formats=("int8", "int4"),
+                       cache_dir=tmp_path, settings=HutchinsonSettings(min_probes=4, max_probes=4))
+    stated = float(re.search(r"smallest feasible ([0-9.e-]+) MB", str(error.value)).group(1))
+    assert stated == pytest.approx(smallest / 1e6, rel=1e-5)
+    assert error.value.exit_code == 6
+
+
+def test_tied_layers_get_tied_choices(tmp_path):
+    shared = plan_precision(mlp(shared=True), feeds(2), "x86-avx2", Constraints(size_mb=0.0002), cache_dir=tmp_path,
+                            settings=HutchinsonSettings(min_probes=4, max_probes=4))
+    rows = [row for row in shared.layers if row["name"] == "w1"]
+    assert len(rows) == 2 and rows[0]["chosen"] == rows[1]["chosen"]
+    graph = mlp()
+    tied = plan_precision(graph, feeds(2), "x86-avx2", Constraints(size_mb=0.00022), ties=[("w1", "w3")],
+                          formats=("int8", "int4"), cache_dir=tmp_path,
+                          settings=HutchinsonSettings(min_probes=4, max_probes=4))
+    assert tied.choices["w1"] == tied.choices["w3"]
+
+
+def test_plan_recipe_reproduces_the_plan_through_quantize(tmp_path):
+    graph, data = mlp(), feeds(2)
+    plan = plan_precision(graph, data, "x86-avx2", Constraints(size_mb=0.00024), cache_dir=tmp_path,
+                          formats=("int8", "int4", "nvfp4", "fp32"),
+                          settings=HutchinsonSettings(min_probes=4, max_probes=4))
+    quantized = quantize(graph, plan.recipe, data)
+    for name, choice in plan.choices.items():
+        spec = quantized.values[name].quant
+        if choice["format"] is None:
+            assert spec is None
+        else:
+            assert (spec.format, spec.granularity) == (choice["format"], choice["granularity"])
+    analysis = analyse_precision(graph, data, "x86-avx2", formats=("int8", "int4", "nvfp4", "fp32"),
+                                 cache_dir=tmp_path, settings=HutchinsonSettings(min_probes=4, max_probes=4))
+    for name, choice in plan.choices.items():
+        k = [label(c) for c in analysis.candidates].index(choice["label"])
+        expected = analysis.specs[name][k]
+        assert expected is None or expected.same_as(quantized.values[name].quant)
+
+
+def test_layer_formats_leave_presets_alone_and_reject_unknown_weights():
+    graph, data = mlp(), feeds(1)
+    mixed = QuantRecipe("mixed", weights="int8", activations=None,
+                        layer_formats={"w2": ("int4", "channel", None), "w3": (None,)})
+    quantized = quantize(graph, mixed, data)
+    assert quantized.values["w1"].quant.format == "int8" and quantized.values["w2"].quant.format == "int4"
+    assert quantized.values["w3"].quant is None
+    with pytest.raises(UsageError, match="'nope'"):
+        quantize(graph, mixed.with_(layer_formats={"nope": ("int4",)}), data)
+
+
+def test_accuracy_budget_bisects_to_the_cheapest_plan_within_the_drop(tmp_path):
+    graph, data = mlp(), feeds(2)
+    reference = Simulator(graph, quantized=False).run(data[0])["y"]
+
+    def agreement(q: Graph) -> float:  # a user metric: 1 - relative error of the logits
+        y = Simulator(q).run(data[0])["y"]
+        return 1.0 - float(np.abs(y - reference).mean() / np.abs(reference).mean())
+
+    settings = HutchinsonSettings(min_probes=8, max_probes=8)
+    plan = plan_precision(graph, data, "x86-avx2", Constraints(max_metric_drop=0.02), eval_fn=agreement,
+                          formats=("int8", "int4", "fp32"), settings=settings, cache_dir=tmp_path)
+    assert plan.bisection and 1.0 - agreement(quantize(graph, plan.recipe, data)) <= 0.02 + 1e-9
+    within = [step for step in plan.bisection if step["relative_drop"] <= 0.02]
+    assert plan.totals["size_bytes"] == min(step["size_bytes"] for step in within)
+
+
+def test_peak_activation_budget_below_the_model_states_the_smallest(tmp_path):
+    with pytest.raises(BudgetError, match=r"peak_activation_mb=1e-06 is below the smallest feasible [0-9.e-]+ MB"):
+        plan_precision(mlp(), feeds(1), "x86-avx2", Constraints(peak_activation_mb=1e-6), cache_dir=tmp_path,
+                       settings=HutchinsonSettings(min_probes=4, max_probes=4))
+
+
+# -- format selection follows each tensor's distribution -------------------------------------------------
+def test_format_choice_follows_outliers_not_a_rule(tmp_path):
+    """Two same-shaped weights, one Gaussian and one heavy-tailed (Cauchy): per channel, the ILP picks
+    INT8 for the first and FP8 E4M3 for the second, from their measured errors."""
+    gaussian = RNG.standard_normal((64, 64)).astype(np.float32) * 0.1
+    heavy = (RNG.standard_t(1, (64, 64)) * 0.02).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "wg"], ["a"]), helper.make_node("Tanh", ["a"], ["ta"]),
+             helper.make_node("MatMul", ["ta", "wh"], ["y"])]
+    graph = import_onnx(model(nodes, [tensor_input("x", [BATCH, 64])], [out()], [init("wg", gaussian), init("wh", heavy)]))
+    data = [{"x": RNG.standard_normal((BATCH, 64)).astype(np.float32)}]
+    analysis = analyse_precision(graph, data, "x86-avx2", formats=("int8", "fp8_e4m3"), cache_dir=tmp_path,
+                                 settings=HutchinsonSettings(min_probes=4, max_probes=4), interactions=False)
+    problem, groups = build_problem(analysis, targets.load("x86-avx2"))
+    choice = dict(zip([g[0] for g in groups], solve(problem).choice))
+    assert [label(analysis.candidates[choice[n]]) for n in ("wg", "wh")] == ["int8", "fp8_e4m3"]
+
+
+# -- real models (slow) --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_mobilenet_v2_plan_under_half_int8_size_keeps_top1(tmp_path):
+    graph = import_onnx(zoo.onnx_path("mobilenet_v2"), zoo.input_shapes("mobilenet_v2", 8))
+    calib = zoo.inputs("mobilenet_v2", 2, batch=8, split="calib")
+    evaluation = zoo.inputs("mobilenet_v2", 4, batch=8, split="eval")
+    plan = plan_precision(graph, calib, "x86-avx2", Constraints(size_mb=3.0), cache_dir=tmp_path,
+                          settings=HutchinsonSettings(min_probes=8, max_probes=8))
+    assert plan.totals["size_bytes"] <= 3.0e6 and plan.seconds["sensitivity_seconds"] < 300
+    quantized = quantize(graph, plan.recipe, calib)
+    ref = [Simulator(graph, quantized=False).run(f)["logits"].argmax(-1) for f in evaluation]
+    got = [Simulator(quantized).run(f)["logits"].argmax(-1) for f in evaluation]
+    assert np.mean(np.concatenate(ref) == np.concatenate(got)) >= 0.8
+
+
+def test_fake_quant_reference_is_unchanged_by_layer_formats():
+    w = RNG.standard_normal((8, 4)).astype(np.float32)
+    graph = import_onnx(model([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor_input("x", [2, 8])], [out()],
+                              [init("w", w)]))
+    plain = quantize(graph, QuantRecipe("a", weights="int4", activations=None), [])
+    same = quantize(graph, QuantRecipe("b", weights=None, activations=None, layer_formats={"w": ("int4",)}), [])
+    assert plain.values["w"].quant.same_as(same.values["w"].quant)
+    np.testing.assert_array_equal(fake_quant(w, plain.values["w"].quant), fake_quant(w, same.values["w"].quant))
