@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -211,6 +212,10 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
             params = {name: compiled.constants[name] for name in emitted.param_names}
             write_artifact(out, manifest=manifest, export_library=lambda p: backend.export(executable, p),
                            params=params, extra_files=extra)
+    except BaseException:
+        if scratch:  # a failed compile leaves no scratch directory behind
+            shutil.rmtree(out.parent, ignore_errors=True)
+        raise
     finally:
         progress.close()
     result = Compiled(Artifact.load(out), graph, quantized, compiled, plan)
@@ -219,6 +224,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
 
         tighter = tightened_size_budget(result, constraints, _plan_constraints or constraints)
         if plan is not None and tighter is not None and _attempt < REPLANS:
+            shutil.rmtree(out.parent, ignore_errors=True)  # this attempt's scratch build
             log.info("artifact weights exceed size_mb=%s; planning again with size_mb=%.4g", constraints.size_mb,
                      tighter.size_mb)
             return compile_traced(model, target, calibration=calibration, constraints=constraints, eval_fn=eval_fn,
@@ -229,6 +235,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
         finally:  # a failed budget leaves the artifact where it was asked for, for inspection
             if scratch and output_dir is not None:
                 result.artifact = result.artifact.save(output_dir)
+                shutil.rmtree(out.parent, ignore_errors=True)  # the library stays mapped; the files go
     return result
 
 
