@@ -421,7 +421,7 @@ class TextLines:
 @lru_cache(maxsize=1)
 def lfw_subset() -> np.ndarray:
     """scikit-image's 200 25x25 gray images in [0, 1]: 100 faces, then 100 non-faces."""
-    return np.load(package_dir("skimage") / "data" / "lfw_subset.npy")
+    return np.load(package_dir("skimage") / "data" / "lfw_subset.npy", allow_pickle=False)
 
 
 class Faces:

@@ -80,11 +80,11 @@ def check_runner(cmd: list[str]) -> None:
 def bit_exact(artifact: bitsmith.Artifact, samples: list[dict[str, Path]], workdir: Path) -> bool:
     same = True
     for k, files in enumerate(samples):
-        python = artifact.run({name: np.load(path) for name, path in files.items()})
+        python = artifact.run({name: np.load(path, allow_pickle=False) for name, path in files.items()})
         outputs = {name: workdir / f"{k}-{name}.npy" for name in python}
         check_runner(runner_cmd(artifact.path, files, *[a for n, p in outputs.items() for a in ("--output", f"{n}={p}")]))
         for name, want in python.items():
-            got = np.load(outputs[name])
+            got = np.load(outputs[name], allow_pickle=False)
             same &= got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
     return bool(same)
 
@@ -112,7 +112,7 @@ def measure(case: str, workdir: Path) -> dict:
     info, samples = load_case(case_dir)
     artifact = bitsmith.Artifact.load(case_dir / "artifact")
     exact = bit_exact(artifact, samples, workdir)
-    feed = {name: np.load(path) for name, path in samples[0].items()}
+    feed = {name: np.load(path, allow_pickle=False) for name, path in samples[0].items()}
     cpp: list[float] = []
     python: list[float] = []
     python_vm: list[float] = []
