@@ -112,7 +112,8 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
                    settings: HutchinsonSettings = HutchinsonSettings(), interactions: bool = True,
                    interaction_feeds: int = 1, loss_fn: LossFn | None = None, loss_name: str | None = None,
                    eval_feeds: Sequence[Feed] | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
-                   pareto_points: int = 16, bisection_steps: int = 10) -> PrecisionPlan:
+                   pareto_points: int = 16, bisection_steps: int = 10,
+                   measured_latency_ms: Mapping[str, Mapping[str, float]] | None = None) -> PrecisionPlan:
     """Choose a format per weight of `graph` minimizing the predicted loss within `constraints`.
 
     formats: restrict the candidates to these names (e.g. ("int8", "int4")); default all the target lists.
@@ -120,6 +121,8 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
     recipe: a base recipe whose activation settings and algorithms the plan's recipe keeps.
     ties: groups of weight names that must get the same choice (weights shared by nodes always do).
     eval_feeds: data for the default fidelity metric of `max_metric_drop` (default: the calibration feeds).
+    measured_latency_ms: weight name -> {candidate label ("int8", "mxfp4/b32", "fp32", ...): milliseconds}
+        measured on the target; replaces the cost model's prediction for those entries.
     """
     calibration = list(calibration)
     if not calibration:
@@ -130,7 +133,8 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
                                  labels=labels, settings=settings, interactions=interactions,
                                  interaction_feeds=interaction_feeds, loss_fn=loss_fn, loss_name=loss_name,
                                  cache_dir=cache_dir, quiet=quiet)
-    problem, groups = build_problem(analysis, target, activations if recipe is None else recipe.activations, ties)
+    problem, groups = build_problem(analysis, target, activations if recipe is None else recipe.activations, ties,
+                                    measured_latency_ms)
     budgets = _budgets(constraints, analysis, problem, activations if recipe is None else recipe.activations)
     start = time.perf_counter()
     bisection: list[dict[str, Any]] = []
@@ -263,8 +267,11 @@ def _tie_groups(points: Mapping[str, WeightPoint], ties: Sequence[Sequence[str]]
 
 
 def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activations: str | None = None,
-                  ties: Sequence[Sequence[str]] = ()) -> tuple[Problem, list[tuple[str, ...]]]:
+                  ties: Sequence[Sequence[str]] = (),
+                  measured_latency_ms: Mapping[str, Mapping[str, float]] | None = None
+                  ) -> tuple[Problem, list[tuple[str, ...]]]:
     """The ILP of `analysis` on `target`: one group per set of tied weights (returned alongside)."""
+    measured = measured_latency_ms or {}
     groups = _tie_groups(analysis.points, ties)
     index_of = {name: g for g, names in enumerate(groups) for name in names}
     low = np.array([c.format is not None and bits_of(c) <= LOW_BITS for c in analysis.candidates])
@@ -278,7 +285,7 @@ def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activatio
                                   activations)
                 costs["size_bytes"][k] += cost.bytes
                 costs["bops"][k] += cost.bops
-                costs["latency_ms"][k] += cost.latency_ms
+                costs["latency_ms"][k] += measured.get(name, {}).get(label(candidate), cost.latency_ms)
         problem_groups.append(Group(names, omega, costs, low))
     pairs: dict[tuple[int, int], float] = {}
     low_index = _low_candidate(analysis.candidates)

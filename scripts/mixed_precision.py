@@ -60,14 +60,15 @@ class Task:
     sens_batches: int      # calibration feeds for the Hessian (the first also measures interactions)
     select_batches: int    # further calibration feeds for the accuracy-budget bisection
     eval_batches: int
+    single_layer_batches: int  # evaluation feeds for the single-layer drops (one run per layer each)
     seq_len: int | None
     max_probes: int
     metric_name: str
 
 
 TASKS = {
-    "mobilenet_v2": Task("mobilenet_v2", 8, 2, 8, 32, None, 8, "kl"),
-    "minilm_l6": Task("minilm_l6", 8, 2, 8, 32, 128, 8, "cosine"),
+    "mobilenet_v2": Task("mobilenet_v2", 8, 2, 8, 32, 8, None, 8, "kl"),
+    "minilm_l6": Task("minilm_l6", 8, 2, 8, 32, 8, 128, 8, "cosine"),
 }
 
 
@@ -217,7 +218,8 @@ def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
 
     # 1. per-layer Omega against measured single-layer drops
     start = time.perf_counter()
-    drops = single_layer_drops(task, analysis, int4, eval_feeds, fp32_eval)
+    subset = task.single_layer_batches
+    drops = single_layer_drops(task, analysis, int4, eval_feeds[:subset], fp32_eval[:subset])
     omega4 = {name: float(analysis.errors[name][int4] * max(analysis.sensitivity.weights[name].average_trace, 0))
               for name in analysis.points}
     names = list(analysis.points)
@@ -291,6 +293,7 @@ def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
         "calib_samples_interactions": task.batch,
         "calib_samples_selection": task.batch * task.select_batches,
         "eval_samples": task.batch * task.eval_batches, "splits_disjoint": True,
+        "eval_samples_single_layer": task.batch * task.single_layer_batches,
         "drop_metric": "KL(FP32 || quantized) of the softmax" if task.model == "mobilenet_v2"
         else "1 - mean cosine of mean-pooled embeddings with FP32",
         "weights": len(analysis.points), "candidates": labels,

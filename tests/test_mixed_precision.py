@@ -282,3 +282,13 @@ def test_fake_quant_reference_is_unchanged_by_layer_formats():
     same = quantize(graph, QuantRecipe("b", weights=None, activations=None, layer_formats={"w": ("int4",)}), [])
     assert plain.values["w"].quant.same_as(same.values["w"].quant)
     np.testing.assert_array_equal(fake_quant(w, plain.values["w"].quant), fake_quant(w, same.values["w"].quant))
+
+
+def test_latency_budget_uses_measured_layer_latencies(tmp_path):
+    measured = {name: {"int8": 1.0, "int4": 5.0, "fp32": 2.0} for name in ("w1", "w2", "w3")}
+    options = dict(formats=("int8", "int4", "fp32"), cache_dir=tmp_path, measured_latency_ms=measured,
+                   settings=HutchinsonSettings(min_probes=4, max_probes=4))
+    plan = plan_precision(mlp(), feeds(2), "x86-avx2", Constraints(latency_ms=3.5), **options)
+    assert plan.totals["latency_ms"] <= 3.5 and {c["label"] for c in plan.choices.values()} == {"int8"}
+    with pytest.raises(BudgetError, match=r"latency_ms=2 is below the smallest feasible 3 ms"):
+        plan_precision(mlp(), feeds(2), "x86-avx2", Constraints(latency_ms=2.0), **options)
