@@ -192,7 +192,7 @@ def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFun
     loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
     lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
     tiling = None if loop_of_iter is None else _plan_tiling(sch, anchor, loop_of_iter, cpu, lanes)
-    if tiling is None:
+    if tiling is None or loop_of_iter is None:
         return None
     work = _total_work(sch, anchor)
     tile_outer, tile_inner, reduce = _tile_loops(sch, anchor, loop_of_iter, tiling)

@@ -114,7 +114,7 @@ def ort_runnable(graph: Graph) -> tuple[bool, str]:
     if dynamic:
         return False, (f"block-scaled activations ({_listing(dynamic)}) compute their scales at run time; "
                        "ONNX has no operator for that, so export_onnx refuses the graph")
-    fp4 = {}
+    fp4: dict[str, list[str]] = {}
     for name, value in graph.values.items():
         if value.quant is not None and value.quant.format in FP4_FORMATS:
             fp4.setdefault(value.quant.format, []).append(name)
@@ -224,7 +224,7 @@ class _Exporter:
             return
         if spec.dynamic:
             spec = dynamic_spec(array)
-        codes = quantize(array, spec).astype(ELEMENT_TYPES[spec.format][0])
+        codes: np.ndarray = quantize(array, spec).astype(ELEMENT_TYPES[spec.format][0])
         stored = self.initializer(f"{name}_quantized", codes)
         scale = self._scale_input(name, spec)
         self.emit("DequantizeLinear", [stored, scale, self._zero_point(name, spec)], [name], **_qdq_attrs(spec))
@@ -236,7 +236,7 @@ class _Exporter:
         if spec.tensor_scale is None:
             return self.initializer(f"{name}_scale", scale.astype(np.float32))
         block = self.initializer(f"{name}_block_scale", scale.astype(ml_dtypes.float8_e4m3fn))
-        tensor = self.initializer(f"{name}_tensor_scale", np.float32(spec.tensor_scale))
+        tensor = self.initializer(f"{name}_tensor_scale", np.asarray(spec.tensor_scale, np.float32))
         out = self.fresh(f"{name}_scale")
         self.emit("DequantizeLinear", [block, tensor], [out])
         return out
@@ -278,8 +278,9 @@ class _Exporter:
             outputs.append(out if spec is None else self.fresh(f"{out}_float"))
         self.emit(node.op, inputs, outputs, name=node.name, **attrs)
         for out, produced in zip(node.outputs, outputs):
-            if produced != out:
-                self._qdq(produced, out, self.graph.values[out].quant)
+            spec = self.graph.values[out].quant
+            if produced != out and spec is not None:
+                self._qdq(produced, out, spec)
 
     def value_info(self, name: str, onnx_name: str | None = None) -> onnx.ValueInfoProto:
         value = self.graph.values[name]
@@ -305,8 +306,8 @@ def _qdq_attrs(spec: QuantSpec) -> dict:
     if spec.granularity == "tensor":
         return {}
     if spec.granularity == "channel":
-        return {"axis": int(spec.axis)}
-    return {"axis": int(spec.axis), "block_size": int(spec.block_size)}
+        return {"axis": int(spec.axis or 0)}
+    return {"axis": int(spec.axis or 0), "block_size": int(spec.block_size or 0)}
 
 
 # ---------------------------------------------------------------------------------------------

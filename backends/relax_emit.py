@@ -501,8 +501,10 @@ def source_coordinates(out_len: int, in_len: int, scale: float, mode: str) -> np
 
 
 def nearest_indices(coords: np.ndarray, nearest_mode: str, in_len: int) -> np.ndarray:
-    rounded = {"round_prefer_floor": lambda c: np.ceil(c - 0.5), "round_prefer_ceil": lambda c: np.floor(c + 0.5),
-               "floor": np.floor, "ceil": np.ceil}[nearest_mode](coords)
+    modes: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "round_prefer_floor": lambda c: np.ceil(c - 0.5), "round_prefer_ceil": lambda c: np.floor(c + 0.5),
+        "floor": np.floor, "ceil": np.ceil}
+    rounded = modes[nearest_mode](coords)
     return np.clip(rounded, 0, in_len - 1).astype(np.int64)
 
 
@@ -681,7 +683,7 @@ def _requantize(e: _Emitter, acc: relax.Expr, multiplier: np.ndarray | int, shif
     rounding = np.left_shift(np.int64(1), shift - 1)
     value = R.astype(acc, "int64")
     if not (np.asarray(multiplier).size == 1 and int(np.asarray(multiplier).reshape(-1)[0]) == 1):
-        value = R.multiply(value, _broadcast_const(multiplier, rank, axis, "int64"))
+        value = R.multiply(value, _broadcast_const(np.asarray(multiplier, np.int64), rank, axis, "int64"))
     value = R.add(value, _broadcast_const(rounding, rank, axis, "int64"))
     value = R.right_shift(value, _broadcast_const(shift, rank, axis, "int64"))
     if attrs["out_zero_point"]:

@@ -97,7 +97,7 @@ def _mobilenet_v2_class():
             super().__init__()
             hidden = inp * expand_ratio
             self.use_res_connect = stride == 1 and inp == out
-            layers = [conv_bn_relu6(inp, hidden, 1)] if expand_ratio != 1 else []
+            layers: list[nn.Module] = [conv_bn_relu6(inp, hidden, 1)] if expand_ratio != 1 else []
             layers += [
                 conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
                 nn.Conv2d(hidden, out, 1, bias=False),
@@ -115,7 +115,8 @@ def _mobilenet_v2_class():
 
         def __init__(self, num_classes: int = 1000) -> None:
             super().__init__()
-            layers, channels = [conv_bn_relu6(3, 32, 3, stride=2)], 32
+            layers: list[nn.Module] = [conv_bn_relu6(3, 32, 3, stride=2)]
+            channels = 32
             for expansion, out, repeats, stride in self.SETTINGS:
                 for index in range(repeats):
                     layers.append(InvertedResidual(channels, out, stride if index == 0 else 1, expansion))
@@ -474,8 +475,9 @@ def inputs(name: str, count: int, batch: int = 1, seed: int = 0, split: str = "e
     """`count` feeds for a dev zoo model, each {input name: array} with `batch` distinct real samples
     (no sample repeats across the feeds). The same arguments always give the same arrays; "calib"
     and "eval" never share a sample. `seq_len` applies to minilm_l6 only (default 128)."""
-    dataset = _dataset(name, seq_len) if name in ZOO_MODELS else None
-    return [dataset.render(group) for group in _choose(name, count, batch, seed, split, seq_len)]
+    groups = _choose(name, count, batch, seed, split, seq_len)  # raises for models without data
+    dataset = _dataset(name, seq_len)
+    return [dataset.render(group) for group in groups]
 
 
 def labels(name: str, count: int, batch: int = 1, seed: int = 0, split: str = "eval") -> list[np.ndarray]:

@@ -30,7 +30,7 @@ import sysconfig
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Hashable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -57,7 +57,7 @@ class Sample:
     """One real input. `group` decides its split; `label` is None for unlabelled data."""
 
     group: str
-    spec: Hashable
+    spec: Any  # hashable; what the dataset needs to render the sample (path, box, flags)
     label: object = None
 
 

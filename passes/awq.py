@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..formats import fake_quant_torch
 from ..ir import Graph
 from .base import Pass
@@ -103,7 +104,14 @@ def input_statistics(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]], gr
         for k, group in enumerate(groups):
             rows = group.layers[0].rows(values[group.activation])[0].to(torch.float32)
             total = rows.abs().double().sum(dim=0)
-            sums[k] = total if sums[k] is None else sums[k] + total
+            previous = sums[k]
+            sums[k] = total if previous is None else previous + total
             counts[k] += rows.shape[0]
             samples[k].append(sample_rows(rows.unsqueeze(0), per_batch, seed=index)[0])
-    return [((total / count).numpy(), torch.cat(sample)) for total, count, sample in zip(sums, counts, samples)]
+    return [((_summed(total) / count).numpy(), torch.cat(sample)) for total, count, sample in zip(sums, counts, samples)]
+
+
+def _summed(total: torch.Tensor | None) -> torch.Tensor:
+    if total is None:
+        raise DataError("AWQ: no calibration rows reached a layer; pass at least one calibration feed")
+    return total

@@ -109,7 +109,9 @@ def _channel_shape(node: Node, y: torch.Tensor) -> list[int]:
 
 def _mean_shift(node: Node, quant: list[torch.Tensor], ref: list[torch.Tensor]) -> np.ndarray:
     axis = _channel_axis(node, quant[0])
-    total = sum((q - r).double().movedim(axis, 0).reshape(q.shape[axis], -1).sum(dim=1) for q, r in zip(quant, ref))
+    zero = torch.zeros((), dtype=torch.float64)  # the same sum as from 0, typed as a tensor
+    total = sum(((q - r).double().movedim(axis, 0).reshape(q.shape[axis], -1).sum(dim=1) for q, r in zip(quant, ref)),
+                zero)
     count = sum(q.numel() // q.shape[axis] for q in quant)
     return (total / count).numpy()
 

@@ -90,7 +90,8 @@ class Calibrate(Pass):
                     observer.observe(values[name])
         for group, observer in zip(groups, observers):
             lo, hi = observer.range()
-            spec = choose_spec(None, self.fmt, symmetric=self.symmetric, amin=np.float32(lo), amax=np.float32(hi))
+            spec = choose_spec(None, self.fmt, symmetric=self.symmetric, amin=np.asarray(lo, np.float32),
+                               amax=np.asarray(hi, np.float32))
             for name in group:
                 graph.values[name].quant = spec
         log.info("calibrated %d activation groups (%d values) with %s", len(groups), len(members), self.observer)
@@ -103,4 +104,5 @@ class Calibrate(Pass):
         if info.is_float or info.bits != 8 or not any(
                 name in producers and producers[name].op == "Softmax" for name in group):
             return None
-        return QuantSpec(self.fmt, 8, scale=np.float32(1 / 256), zero_point=np.int32(info.qmin), symmetric=False)
+        return QuantSpec(self.fmt, 8, scale=np.asarray(1 / 256, np.float32), zero_point=np.asarray(info.qmin, np.int32),
+                         symmetric=False)

@@ -114,7 +114,7 @@ def _im2col(x: torch.Tensor, attrs: Mapping, kernel: tuple[int, ...]) -> torch.T
         pads, strides, dilations = [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
     top, left, bottom, right = pads
     x = F.pad(x, (left, right, top, bottom))
-    return F.unfold(x, kernel, dilation=dilations, stride=strides)
+    return F.unfold(x, kernel, dilation=tuple(dilations), stride=tuple(strides))
 
 
 def float_inputs(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]], names: Sequence[str],

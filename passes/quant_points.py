@@ -197,13 +197,13 @@ def lookup_region(graph: Graph, name: str, producers: dict[str, Node] | None = N
         for value in current.inputs:
             if not value or value in graph.constants:
                 continue
-            source = producers.get(value)
-            absorbable = (source is not None and source.op in ELEMENTWISE and len(source.outputs) == 1
+            producer = producers.get(value)
+            absorbable = (producer is not None and producer.op in ELEMENTWISE and len(producer.outputs) == 1
                           and _is_activation(graph, value) and value not in graph.outputs and value not in stop
                           and len(consumers.get(value, [])) == 1
                           and not _weighted_output(graph, value, producers, consumers))
-            if absorbable:
-                stack.append(source)
+            if absorbable and producer is not None:
+                stack.append(producer)
             else:
                 external.add(value)
     if len(external) != 1:

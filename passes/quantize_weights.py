@@ -63,13 +63,16 @@ class QuantizeWeights(Pass):
                                self.symmetric)
 
     def spec_for(self, weight: np.ndarray, point: WeightPoint) -> QuantSpec:
-        if self.granularity == "block" or format_info(self.fmt).is_block_format:
-            return choose_spec(weight, self.fmt, "block", axis=point.reduce_axis,
-                               block_size=self.block_size or format_info(self.fmt).block_size, symmetric=True)
+        fmt = self.fmt
+        if fmt is None:
+            raise UsageError(f"quantize_weights: weight {point.name!r} has no format to quantize to")
+        if self.granularity == "block" or format_info(fmt).is_block_format:
+            return choose_spec(weight, fmt, "block", axis=point.reduce_axis,
+                               block_size=self.block_size or format_info(fmt).block_size, symmetric=True)
         axis = point.channel_axis
         if self.clipping == "max":
-            return choose_spec(weight, self.fmt, "channel", axis=axis, symmetric=self.symmetric)
-        return mse_channel_spec(weight, self.fmt, axis, self.symmetric)
+            return choose_spec(weight, fmt, "channel", axis=axis, symmetric=self.symmetric)
+        return mse_channel_spec(weight, fmt, axis, self.symmetric)
 
 
 def mse_channel_spec(weight: np.ndarray, fmt: str, axis: int, symmetric: bool = True) -> QuantSpec:
