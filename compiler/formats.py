@@ -43,7 +43,7 @@ scales from the tensor itself (as hardware does for activations), equal to `choo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import ml_dtypes
 import numpy as np
@@ -158,8 +158,8 @@ def choose_spec(x: np.ndarray | None, fmt: str, granularity: str | None = None, 
         if amin is not None or (amax is not None and info.scale_format == "e8m0"):
             raise UsageError(f"choose_spec: {fmt} takes its scales from x; only nvfp4 accepts amax (its tensor scale)")
         if info.scale_format == "e8m0":
-            return _mx_spec(x, info, axis, block_size)
-        return _nvfp4_spec(x, info, axis, block_size, amax)
+            return _mx_spec(x, info, cast(int, axis), cast(int, block_size))
+        return _nvfp4_spec(x, info, cast(int, axis), cast(int, block_size), amax)
     lo, hi = _value_range(x, granularity, axis, block_size, amin, amax)
     if info.is_float:
         if not symmetric:
@@ -180,7 +180,7 @@ def dynamic_spec(x: np.ndarray) -> QuantSpec:
     hi = max(np.float32(x.max()), zero) if x.size else zero
     scale = np.float32(1) if hi == lo else np.float32((hi - lo) / np.float32(255))
     zero_point = np.rint(np.clip(zero - lo / scale, np.float32(0), np.float32(255)))
-    return QuantSpec("uint8", 8, "tensor", scale=scale, zero_point=np.int32(zero_point), symmetric=False)
+    return QuantSpec("uint8", 8, "tensor", scale=np.asarray(scale), zero_point=np.asarray(zero_point, np.int32), symmetric=False)
 
 
 def _static(x: np.ndarray, spec: QuantSpec) -> QuantSpec:
@@ -219,8 +219,8 @@ def _value_range(x: np.ndarray | None, granularity: str, axis: int | None, block
     """(lo, hi) float64 arrays shaped like the scale: as given, else reduced from x."""
     if (amin is None or amax is None) and (x is None or x.size == 0):
         raise UsageError("choose_spec: pass a non-empty x, or both amin and amax")
-    lo = np.asarray(amin if amin is not None else _reduce(x, granularity, axis, block_size, np.min), np.float64)
-    hi = np.asarray(amax if amax is not None else _reduce(x, granularity, axis, block_size, np.max), np.float64)
+    lo = np.asarray(amin if amin is not None else _reduce(cast(np.ndarray, x), granularity, axis, block_size, np.min), np.float64)
+    hi = np.asarray(amax if amax is not None else _reduce(cast(np.ndarray, x), granularity, axis, block_size, np.max), np.float64)
     try:
         shape = param_shape(x.shape, granularity, axis, block_size) if x is not None \
             else np.broadcast_shapes(lo.shape, hi.shape)
@@ -238,7 +238,8 @@ def param_shape(shape: tuple[int, ...], granularity: str, axis: int | None, bloc
     if granularity == "tensor":
         return ()
     if granularity == "channel":
-        return (shape[axis],)
+        return (shape[cast(int, axis)],)
+    axis, block_size = cast(int, axis), cast(int, block_size)
     return tuple(shape[:axis]) + (-(-shape[axis] // block_size),) + tuple(shape[axis + 1:])
 
 
@@ -249,7 +250,7 @@ def _reduce(x: np.ndarray, granularity: str, axis: int | None, block_size: int |
         return np.asarray(reduction(x))
     if granularity == "channel":
         return reduction(x, axis=tuple(d for d in range(x.ndim) if d != axis))
-    return _block_reduce(x, axis, block_size, reduction)
+    return _block_reduce(x, cast(int, axis), cast(int, block_size), reduction)
 
 
 def _block_reduce(x: np.ndarray, axis: int, block_size: int, reduction: Callable[..., np.ndarray]) -> np.ndarray:
@@ -264,7 +265,7 @@ def _block_reduce(x: np.ndarray, axis: int, block_size: int, reduction: Callable
     return reduction(padded.reshape(split), axis=axis + 1)
 
 
-def _usable_scale(scale: np.ndarray) -> np.ndarray:
+def _usable_scale(scale: np.ndarray | np.floating) -> np.ndarray:
     """float32 scales, with 1 wherever the range was empty (zero) or degenerate (a scale below
     float32's smallest normal number, which hardware may flush to zero, or not finite)."""
     scale = np.asarray(scale, np.float32)
@@ -326,7 +327,7 @@ def _nvfp4_spec(x: np.ndarray, info: FormatInfo, axis: int, block_size: int, ama
 def _normalized_axis(spec: QuantSpec, ndim: int) -> int | None:
     if spec.granularity == "tensor":
         return None
-    if not -ndim <= spec.axis < ndim:
+    if spec.axis is None or not -ndim <= spec.axis < ndim:
         raise UsageError(f"QuantSpec axis {spec.axis} is out of range for a tensor of rank {ndim}")
     return spec.axis % ndim
 
@@ -349,7 +350,8 @@ def _expand(param: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.nd
         return param.reshape(())
     if spec.granularity == "channel":
         return param.reshape([-1 if d == axis else 1 for d in range(len(shape))])
-    return np.repeat(param, spec.block_size, axis=axis).take(np.arange(shape[axis]), axis=axis)
+    block_axis, block_size = cast(int, axis), cast(int, spec.block_size)
+    return np.repeat(param, block_size, axis=block_axis).take(np.arange(shape[block_axis]), axis=block_axis)
 
 
 def effective_scale(spec: QuantSpec) -> np.ndarray:
@@ -483,7 +485,8 @@ def _expand_torch(param: np.ndarray, shape: tuple[int, ...], spec: QuantSpec, de
         return tensor.reshape(())
     if spec.granularity == "channel":
         return tensor.reshape([-1 if d == axis else 1 for d in range(len(shape))])
-    return _repeat_blocks_torch(tensor, axis, spec.block_size, shape[axis])
+    block_axis = cast(int, axis)
+    return _repeat_blocks_torch(tensor, block_axis, cast(int, spec.block_size), shape[block_axis])
 
 
 def _repeat_blocks_torch(per_block: torch.Tensor, axis: int, block_size: int, length: int) -> torch.Tensor:
@@ -514,11 +517,14 @@ def _fake_quant_core_torch(x: torch.Tensor, info: FormatInfo, scale: torch.Tenso
     """(fake-quantized x, mask of the elements that did not saturate) for expanded float32 scales."""
     nonzero = scale != 0
     scaled = torch.where(nonzero, x / torch.where(nonzero, scale, torch.ones_like(scale)), torch.zeros_like(x))
+    lo: float | torch.Tensor
+    hi: float | torch.Tensor
     if info.is_float:
         lo, hi = info.qmin, info.qmax
         quantized = round_to_element_torch(scaled, info.name)
     else:
-        lo, hi = info.qmin - zero_point, info.qmax - zero_point
+        zp = cast(torch.Tensor, zero_point)  # integer formats always carry one
+        lo, hi = info.qmin - zp, info.qmax - zp
         scaled = torch.where(torch.isnan(scaled), torch.zeros_like(scaled), scaled)
         quantized = torch.round(torch.clamp(scaled, lo, hi))
     passes = (scaled >= lo) & (scaled <= hi)
@@ -538,7 +544,7 @@ def _fake_quant_dynamic_spec_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch
     zero = torch.zeros((), dtype=torch.float32, device=x.device)
     lo = torch.minimum(values.min(), zero) if values.numel() else zero
     hi = torch.maximum(values.max(), zero) if values.numel() else zero
-    scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / np.float32(255))
+    scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / 255.0)  # exact in float32, as np.float32(255)
     zero_point = torch.round(torch.clamp(zero - lo / scale, 0, 255))
     return _fake_quant_core_torch(x, FORMATS["uint8"], scale, zero_point)
 
@@ -561,10 +567,10 @@ def _dynamic_block_scale_torch(x: torch.Tensor, info: FormatInfo, axis: int, blo
         per_block = torch.where(torch.isfinite(block_amax), _powers_of_two_torch(exponent),
                                 torch.full_like(block_amax, float("nan")))
     else:
-        tensor_scale = x.abs().amax() / np.float32(E2M1_MAX * E4M3_MAX)
-        usable = torch.isfinite(tensor_scale) & (tensor_scale >= np.finfo(np.float32).smallest_normal)
+        tensor_scale = x.abs().amax() / float(E2M1_MAX * E4M3_MAX)  # 2688: exact in float32
+        usable = torch.isfinite(tensor_scale) & (tensor_scale >= float(np.finfo(np.float32).smallest_normal))
         tensor_scale = torch.where(usable, tensor_scale, torch.ones_like(tensor_scale))
-        per_block = round_to_element_torch(block_amax / np.float32(E2M1_MAX) / tensor_scale, "fp8_e4m3") * tensor_scale
+        per_block = round_to_element_torch(block_amax / float(E2M1_MAX) / tensor_scale, "fp8_e4m3") * tensor_scale
     return _repeat_blocks_torch(per_block, axis, block_size, x.shape[axis])
 
 
@@ -617,7 +623,7 @@ def fake_quant_dynamic_torch(x: torch.Tensor, fmt: str, axis: int = -1, block_si
     block_size = _checked_block_size("block", block_size, info)
 
     def compute(x32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = _dynamic_block_scale_torch(x32.detach(), info, axis % x.ndim, block_size)
+        scale = _dynamic_block_scale_torch(x32.detach(), info, axis % x.ndim, cast(int, block_size))
         return _fake_quant_core_torch(x32, info, scale, None)
 
     return _apply_torch(x, compute, ste)
