@@ -31,6 +31,7 @@ class UsageError(BitsmithError):
 
 class ModelError(BitsmithError):
     exit_code = 3
+    onnx_reason: str | None = None  # what ONNX's own checker says about the model, when it was asked
 
 
 class UnsupportedError(BitsmithError):

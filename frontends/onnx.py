@@ -31,7 +31,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn, cast
 
 import numpy as np
 import onnx
@@ -577,7 +577,8 @@ def _range(imp: _Importer, node: onnx.NodeProto) -> None:
         raise ModelError(f"node {imp.node_name!r} (Range): start, limit and delta must be finite")
     count = math.ceil(steps)
     _check_size((max(count, 0),), f"node {imp.node_name!r} (Range): output {node.output[0]!r}")
-    imp.add_constant(node.output[0], np.arange(start, limit, delta).astype(start.dtype))
+    arange: Any = np.arange  # numpy's stubs take Python scalars; 0-d arrays keep their dtype here
+    imp.add_constant(node.output[0], arange(start, limit, delta).astype(start.dtype))
 
 
 @converter("Cast")
@@ -1024,7 +1025,7 @@ class _IntegerMatch:
 def _transposed_spec(spec: QuantSpec, perm: list[int]) -> QuantSpec:
     if spec.granularity == "tensor":
         return dataclasses.replace(spec)
-    axis = list(perm).index(spec.axis)
+    axis = list(perm).index(cast(int, spec.axis))
     if spec.granularity == "channel":
         return dataclasses.replace(spec, axis=axis)
     return dataclasses.replace(spec, axis=axis, scale=spec.scale.transpose(perm), zero_point=spec.zero_point.transpose(perm))
@@ -1050,20 +1051,21 @@ def _spec(imp: _Importer, node: onnx.NodeProto, fmt: str, scale: np.ndarray, zer
     zp = np.zeros(scale.shape, np.int32) if zero_point is None else np.asarray(zero_point).astype(np.int32)
     if info.is_float and np.any(zp != 0):
         raise UnsupportedError(f"{where}: {what} is {fmt} with a non-zero zero point")
+    spec_axis: int | None
     if block_size:
-        granularity, axis = "block", _axis(axis, len(shape))
+        granularity, spec_axis = "block", _axis(axis, len(shape))
     elif scale.size == 1 and zp.size == 1 and scale.ndim <= 1:
-        granularity, axis, scale, zp = "tensor", None, scale.reshape(()), zp.reshape(())
+        granularity, spec_axis, scale, zp = "tensor", None, scale.reshape(()), zp.reshape(())
     else:
-        granularity, axis = "channel", _axis(axis, len(shape))
-        if not 0 <= axis < len(shape) or scale.ndim > 1 or zp.ndim > 1 or {scale.size, zp.size} - {1, shape[axis]}:
+        granularity, spec_axis = "channel", _axis(axis, len(shape))
+        if not 0 <= spec_axis < len(shape) or scale.ndim > 1 or zp.ndim > 1 or {scale.size, zp.size} - {1, shape[spec_axis]}:
             raise ModelError(f"{where}: {what} has scale {list(scale.shape)} / zero point {list(zp.shape)}, which fit "
-                             f"neither one quantizer nor one per index of axis {axis} of a {list(shape)} tensor")
-        scale, zp = np.broadcast_to(scale, (shape[axis],)).copy(), np.broadcast_to(zp, (shape[axis],)).copy()
+                             f"neither one quantizer nor one per index of axis {spec_axis} of a {list(shape)} tensor")
+        scale, zp = np.broadcast_to(scale, (shape[spec_axis],)).copy(), np.broadcast_to(zp, (shape[spec_axis],)).copy()
     zero = 0 if (info.is_float or info.qmin < 0) else (int(info.qmax) + 1) // 2
-    spec = QuantSpec(fmt, info.bits, granularity, axis, block_size or None, scale, zp,
+    spec = QuantSpec(fmt, info.bits, granularity, spec_axis, block_size or None, scale, zp,
                      symmetric=bool(np.all(zp == zero)))
-    expected = param_shape(tuple(shape), granularity, axis, block_size or None)
+    expected = param_shape(tuple(shape), granularity, spec_axis, block_size or None)
     if spec.scale.shape != expected or spec.zero_point.shape != expected:
         raise ModelError(f"{where}: {what} has scale {list(scale.shape)} / zero point {list(zp.shape)}, but a "
                          f"{granularity} quantizer of a {list(shape)} tensor needs {list(expected)}")
@@ -1337,7 +1339,7 @@ def _integer_op(imp: _Importer, node: onnx.NodeProto) -> None:
         return
     product = match.output if bias is None else imp.fresh_value(f"{match.output}_matmul")
     imp.emit("MatMul", [x, weight], {}, [product])
-    if bias is not None:
+    if bias is not None and match.bias is not None:
         imp.emit("Add", [product, imp.resolve(match.bias)], {}, [match.output])
 
 
@@ -1376,7 +1378,7 @@ def _match_integer_ops(imp: _Importer) -> None:
         if node.op_type not in ("ConvInteger", "MatMulInteger") or _converter_key(node) != node.op_type:
             continue
 
-        def fail(reason: str) -> None:
+        def fail(reason: str) -> NoReturn:
             raise UnsupportedError(f"{imp.source}: node {label(node)!r} ({node.op_type}): {reason}; bitsmith imports "
                                    f"{node.op_type} only in the pattern {_INTEGER_PATTERN.format(op=node.op_type)}")
         dql = producer.get(node.input[0])
@@ -1394,7 +1396,7 @@ def _match_integer_ops(imp: _Importer) -> None:
             floor = made_by(cast.input[0], "Floor", cast) if cast is not None else None
             div = made_by(floor.input[0], "Div", floor) if floor is not None else None
             product = scale_product(div.input[1], div, dql) if div is not None else None
-            if cast is None or attrs_of(cast).get("to") != onnx.TensorProto.INT32 or product is None:
+            if cast is None or attrs_of(cast).get("to") != onnx.TensorProto.INT32 or product is None or div is None:
                 fail("its output is added to something other than an int32 bias Floor(b / (x_scale * w_scale))")
             bias, bias_scale = div.input[0], product[0]
             absorbed += [n for n in (reshape, cast, floor, div, product[1], add) if n is not None]
