@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def parse_formats(option: object) -> list[str] | None:
     """Recipe option "fp_search_formats": a comma-separated string or a sequence of names."""
     if option is None:
         return None
-    names = option.split(",") if isinstance(option, str) else list(option)  # type: ignore[arg-type]
+    names = option.split(",") if isinstance(option, str) else list(cast(Iterable[str], option))
     return [name.strip() for name in names if name.strip()]
 
 
@@ -70,7 +70,7 @@ class _FPSearch(Pass):
     """What both searches take: calibration feeds, candidate formats, clipping ratios, rows sampled."""
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], formats: Sequence[str] | None = None,
-                 ratios: Sequence[float] = RATIOS, max_rows: int = 256) -> None:
+                 ratios: Sequence[float] = tuple(RATIOS), max_rows: int = 256) -> None:
         self.feeds = list(feeds)
         self.formats = formats
         self.ratios = ratios
@@ -88,7 +88,7 @@ class FPSearchWeights(_FPSearch):
             return graph
         chosen: dict[str, int] = {}
         for layer, rows in zip(layers, sampled_rows(graph, self.feeds, layers, self.max_rows)):
-            spec = graph.values[layer.weight].quant
+            spec = cast(QuantSpec, graph.values[layer.weight].quant)  # _searchable_weight checked it
             with single_thread():
                 best = search_weight_spec(graph.constants[layer.weight], spec, layer, rows,
                                           candidate_formats(spec.format, self.formats), self.ratios)
@@ -103,7 +103,8 @@ def _searchable_weight(graph: Graph, layer: LinearLayer) -> bool:
     spec = graph.values[layer.weight].quant
     if not searchable(spec):
         return False
-    return spec.granularity == "tensor" or spec.axis % graph.constants[layer.weight].ndim == layer.output_axis
+    spec = cast(QuantSpec, spec)
+    return spec.granularity == "tensor" or cast(int, spec.axis) % graph.constants[layer.weight].ndim == layer.output_axis
 
 
 def search_weight_spec(weight: np.ndarray, spec: QuantSpec, layer: LinearLayer, rows: torch.Tensor,
@@ -128,7 +129,7 @@ def _absmax(weight: np.ndarray, spec: QuantSpec) -> np.ndarray:
     magnitude = np.abs(weight.astype(np.float32))
     if spec.granularity == "tensor":
         return magnitude.max()
-    axis = spec.axis % weight.ndim
+    axis = cast(int, spec.axis) % weight.ndim
     return magnitude.max(axis=tuple(d for d in range(weight.ndim) if d != axis))
 
 
@@ -177,7 +178,7 @@ class FPSearchActivations(_FPSearch):
         chosen: dict[str, int] = {}
         for group, group_probes, amax in zip(groups, probes, maxima):
             with single_thread():
-                best = self.search(graph.values[group[0]].quant, group_probes, amax)
+                best = self.search(cast(QuantSpec, graph.values[group[0]].quant), group_probes, amax)
             for name in group:
                 graph.values[name].quant = best
             chosen[best.format] = chosen.get(best.format, 0) + 1
@@ -198,7 +199,7 @@ class FPSearchActivations(_FPSearch):
 
 def _searchable_activations(graph: Graph, group: list[str]) -> bool:
     specs = [graph.values[name].quant for name in group]
-    return all(searchable(spec) and spec.granularity == "tensor" for spec in specs)
+    return all(searchable(spec) and cast(QuantSpec, spec).granularity == "tensor" for spec in specs)
 
 
 def _collect_probes(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]], groups: list[list[str]],
@@ -207,8 +208,8 @@ def _collect_probes(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]], gro
     values where no linear layer reads the group) and max |x| over its members, from the model with
     quantized weights and float activations."""
     readers: dict[str, list[LinearLayer]] = {}
-    for layer in linear_layers(graph):
-        readers.setdefault(layer.input, []).append(layer)
+    for linear in linear_layers(graph):
+        readers.setdefault(linear.input, []).append(linear)
     plans = [_probe_plan(group, readers) for group in groups]
     names = sorted({name for group in groups for name in group})
     per_batch = max(1, max_rows // max(1, len(feeds)))
@@ -228,7 +229,7 @@ def _collect_probes(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]], gro
 
 def _probe_plan(group: list[str], readers: dict[str, list[LinearLayer]]) -> list[tuple[str, LinearLayer | None]]:
     """(member, reading layer) pairs; (member, None) for every member when no linear layer reads the group."""
-    plan = [(name, layer) for name in group for layer in readers.get(name, [])]
+    plan: list[tuple[str, LinearLayer | None]] = [(name, layer) for name in group for layer in readers.get(name, [])]
     return plan or [(name, None) for name in group]
 
 

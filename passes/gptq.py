@@ -21,7 +21,7 @@ column is rounded with `formats.fake_quant_torch` on the spec's scales.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class GPTQ(Pass):
             return graph
         hessians = layer_hessians(graph, self.feeds, layers)
         for layer, hessian in zip(layers, hessians):
-            spec = graph.values[layer.weight].quant
+            spec = cast(QuantSpec, graph.values[layer.weight].quant)  # the layers found carry weight specs
             graph.constants[layer.weight] = gptq_weight(graph.constants[layer.weight], spec, layer, hessian,
                                                         self.block_size, self.dampening, self.act_order)
         log.info("GPTQ rewrote %d weights", len(layers))
@@ -148,12 +148,12 @@ def element_params(spec: QuantSpec, shape: tuple[int, ...]) -> tuple[np.ndarray,
     if spec.granularity == "tensor":
         return (np.full(shape, spec.scale.reshape(-1)[0], np.float32),
                 np.full(shape, spec.zero_point.reshape(-1)[0], np.int32))
-    axis = spec.axis % len(shape)
+    axis = cast(int, spec.axis) % len(shape)
     if spec.granularity == "channel":
         view = [-1 if d == axis else 1 for d in range(len(shape))]
         return (np.broadcast_to(spec.scale.reshape(view), shape).copy(),
                 np.broadcast_to(spec.zero_point.reshape(view), shape).copy())
-    index = np.arange(shape[axis]) // spec.block_size
+    index = np.arange(shape[axis]) // cast(int, spec.block_size)
     return (np.take(spec.scale, index, axis=axis).astype(np.float32),
             np.broadcast_to(np.take(spec.zero_point, index, axis=axis), shape).astype(np.int32))
 
