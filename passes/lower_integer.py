@@ -33,12 +33,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from ..errors import UnsupportedError
+from ..errors import IRError, UnsupportedError
 from ..formats import dequantize, fake_quant, format_info, quantize
 from ..interpreter import INT32_MAX, run_node
 from ..ir import Graph, Node, QuantSpec, Value
@@ -129,21 +129,28 @@ def _is_integer_spec(spec: QuantSpec | None) -> bool:
             and not spec.dynamic and spec.tensor_scale is None)
 
 
-def _code_dtype(spec: QuantSpec) -> str:
-    return np.dtype(format_info(spec.format).code_dtype).name
+def _present(spec: QuantSpec | None) -> QuantSpec:
+    """The spec of a value the caller knows to be quantized (it checked `_is_integer_spec` or `quantized`)."""
+    if spec is None:
+        raise IRError("lower_integer: a value taken for quantized carries no QuantSpec")
+    return spec
 
 
-def _code_range(spec: QuantSpec) -> tuple[int, int]:
-    info = format_info(spec.format)
+def _code_dtype(spec: QuantSpec | None) -> str:
+    return np.dtype(format_info(_present(spec).format).code_dtype).name
+
+
+def _code_range(spec: QuantSpec | None) -> tuple[int, int]:
+    info = format_info(_present(spec).format)
     return int(info.qmin), int(info.qmax)
 
 
-def _scale(spec: QuantSpec) -> float:
-    return float(np.float32(spec.scale.reshape(-1)[0]))
+def _scale(spec: QuantSpec | None) -> float:
+    return float(np.float32(_present(spec).scale.reshape(-1)[0]))
 
 
-def _zero_point(spec: QuantSpec) -> int:
-    return int(spec.zero_point.reshape(-1)[0])
+def _zero_point(spec: QuantSpec | None) -> int:
+    return int(_present(spec).zero_point.reshape(-1)[0])
 
 
 class _Lowering:
@@ -242,7 +249,8 @@ class _Lowering:
             return name
         raise UnsupportedError(f"value {name!r} is read before it is computed")
 
-    def _spec_constants(self, name: str, spec: QuantSpec) -> tuple[str, str]:
+    def _spec_constants(self, name: str, spec: QuantSpec | None) -> tuple[str, str]:
+        spec = _present(spec)
         return (self.constant(f"{name}_scale", np.asarray(spec.scale, np.float32).reshape(())),
                 self.constant(f"{name}_zero_point", np.asarray(spec.zero_point, np.int32).reshape(())))
 
@@ -401,7 +409,7 @@ class _Lowering:
                 return False
             bias += own.astype(np.float64)
         if len(chain) == 2:
-            bias += epilogue_bias(self.src, node, chain[1]).astype(np.float64)
+            bias += cast(np.ndarray, epilogue_bias(self.src, node, chain[1])).astype(np.float64)  # chained: it has one
         end = chain[-1].outputs[0]
         clamp = self._absorbable_clamp(end)
         if clamp is not None:
@@ -473,7 +481,8 @@ class _Lowering:
             return False
         data = node.inputs if node.op == "Concat" else node.inputs[:1]
         specs = [self.spec(i) for i in data] + [self.spec(o) for o in node.outputs]
-        if not all(_is_integer_spec(s) for s in specs) or not all(s.same_as(specs[0]) for s in specs):
+        if not all(_is_integer_spec(s) for s in specs) or not all(
+                _present(s).same_as(_present(specs[0])) for s in specs):
             return False
         inputs = [self.codes_of(i) for i in data] + [self.raw_of(i) for i in node.inputs[len(data):] if i]
         dtype = _code_dtype(specs[0])
@@ -499,8 +508,8 @@ class _Lowering:
             attrs.update(a_multiplier=a_mult, b_multiplier=b_mult, shift=shift)
             op = "QAdd"
         else:
-            multiplier, shift = dyadic(np.float64(_scale(a_spec)) * _scale(b_spec) / s_o)
-            attrs.update(multiplier=int(multiplier), shift=int(shift))
+            multiplier, product_shift = dyadic(np.float64(_scale(a_spec)) * _scale(b_spec) / s_o)
+            attrs.update(multiplier=int(multiplier), shift=int(product_shift))
             op = "QMul"
         inputs = [self.codes_of(i) for i in node.inputs]
         (result,) = self.emit(op, inputs, [(self.fresh(f"{out}_q"), self.src.values[out].shape,
@@ -573,9 +582,10 @@ class _Lowering:
         return True
 
 
-def lookup_table(graph: Graph, region: LookupRegion, x_spec: QuantSpec, out_spec: QuantSpec) -> np.ndarray:
+def lookup_table(graph: Graph, region: LookupRegion, x_spec: QuantSpec | None, out_spec: QuantSpec | None) -> np.ndarray:
     """quantize(f(dequantize(code))) for every code of x (one row per channel when region.axis is set),
     f being the region's nodes run by the reference interpreter."""
+    x_spec, out_spec = _present(x_spec), _present(out_spec)
     qmin, qmax = _code_range(x_spec)
     codes = np.arange(qmin, qmax + 1).astype(_code_dtype(x_spec))
     reals = dequantize(codes, x_spec)  # float32, exactly the fake-quantized values
