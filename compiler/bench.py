@@ -411,7 +411,8 @@ def _accuracy(run_fp32: Runner | None, run_quantized: Runner | None, data: Seque
         return {"status": f"not computed: needs {missing}", "metric": None, "value": None, "fp32": None, "drop": None}
     if eval_fn is not None:
         reference, ours = float(eval_fn(run_fp32)), float(eval_fn(run_quantized))
-        return {"status": "measured", "metric": "eval_fn", "value": ours, "fp32": reference,
+        return {"status": "measured", "metric": f"eval_fn:{getattr(eval_fn, '__name__', 'metric')}", "value": ours,
+                "fp32": reference,
                 "drop": (reference - ours) / abs(reference) if reference else None, "source": source,
                 "details": {}}
     fp32_out = [run_fp32(f) for f in tqdm(data, desc="evaluate fp32", disable=settings.quiet, leave=False)]
@@ -610,7 +611,7 @@ def measured_peak_mb(artifact_path: Path, feed: Feed, runs: int = 3) -> float | 
         return None
     with tempfile.TemporaryDirectory(prefix="bitsmith-mem-") as tmp:
         feed_path = Path(tmp) / "feed.npz"
-        np.savez(feed_path, **{k: np.asarray(v) for k, v in feed.items()})
+        np.savez(feed_path, **{k: np.asarray(v) for k, v in feed.items()})  # type: ignore[arg-type]
         proc = subprocess.run([sys.executable, "-c", _PROBE, str(artifact_path), str(feed_path), str(runs)],
                               capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

@@ -161,7 +161,8 @@ def latency_label(latency: dict[str, Any]) -> str:
 def _summary(d: dict[str, Any]) -> list[str]:
     lat, acc, mem, art = d["latency"], d["accuracy"], d["memory"], d["artifact"]
     accuracy = (f"{acc['metric']} {fmt_num(acc['value'], 4)} vs FP32 {fmt_num(acc['fp32'], 4)} "
-                f"(drop {fmt_num(100 * acc['drop'], 2)}%), {acc.get('samples', '?')} samples, from the {acc['source']}"
+                f"(drop {fmt_num(100 * acc['drop'], 2)}%)"
+                + (f", {acc['samples']} samples" if acc.get("samples") else "") + f", from the {acc['source']}"
                 if acc.get("status") == "measured" else acc.get("status", NOT_COMPUTED))
     peak = (f"{fmt_num(mem['peak_mb'], 1)} MB measured" if mem.get("peak_mb") is not None else mem.get("source", "—"))
     return _table(["quantity", "value"], [
