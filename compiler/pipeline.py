@@ -158,19 +158,17 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
     backend = backend_for(target)
     constraints = constraints if constraints is not None and not constraints.is_empty() else None
     calibration = list(calibration) if calibration is not None else None
-    if constraints is not None and recipe is None and calibration:
-        recipe = "w8a8"
-    recipe = resolve_recipe(recipe)
-    requested = recipe  # a plan replaces the recipe; a second attempt plans from the one asked for
-    feeds = _calibration_feeds(recipe, calibration)
+    requested = resolve_recipe("w8a8" if constraints is not None and recipe is None and calibration else recipe)
+    active = requested  # a plan replaces the recipe; a second attempt plans from the one asked for
+    feeds = _calibration_feeds(active, calibration)
     if output_dir is not None:
         check_output_dir(Path(output_dir))  # fail now, not after minutes of work
-    planning = constraints is not None and recipe is not None and _planner() is not None
+    planning = constraints is not None and active is not None and _planner() is not None
     # a plan may be redone (REPLANS): its attempts build in scratch directories, because a process
     # cannot load a second library from a path it has loaded one from (dlopen keeps the first)
     scratch = planning or output_dir is None
     out = Path(tempfile.mkdtemp(prefix="bitsmith-")) / "artifact" if scratch else Path(output_dir)  # type: ignore[arg-type]
-    stages = ["import", *(["plan"] if planning else []), *(["quantize", "lower"] if recipe is not None else []),
+    stages = ["import", *(["plan"] if planning else []), *(["quantize", "lower"] if active is not None else []),
               "emit", "build", "write"]
     progress = Progress(stages, quiet)
     plan = None
@@ -179,16 +177,16 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
         with progress.stage("import"):
             graph = load_model(model, input_shapes)
         compiled = graph
-        if recipe is not None:
+        if active is not None:
             from .passes.lower_integer import lower_integer
             from .quantize import quantize
 
-            if planning:
+            if planning and constraints is not None:
                 with progress.stage("plan"):
-                    plan = _plan(graph, feeds, target, _plan_constraints or constraints, recipe, eval_fn, quiet)
-                    recipe = plan.recipe
+                    plan = _plan(graph, feeds, target, _plan_constraints or constraints, active, eval_fn, quiet)
+                    active = plan.recipe
             with progress.stage("quantize"):
-                quantized = quantize(graph, recipe, feeds, quiet=quiet)
+                quantized = quantize(graph, active, feeds, quiet=quiet)
             with progress.stage("lower"):
                 compiled = lower_integer(quantized)
                 verify(compiled, OPS)
@@ -201,9 +199,9 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
         with progress.stage("write"):
             manifest = _manifest(graph, target, model)
             extra = {GRAPH: json.dumps(graph_to_json(compiled), indent=1, sort_keys=True)}
-            if recipe is not None:
-                manifest["precision"] = recipe.name
-                manifest["formats"] = _formats(recipe, compiled)
+            if active is not None:
+                manifest["precision"] = active.name
+                manifest["formats"] = _formats(active, compiled)
             if constraints is not None:
                 manifest["constraints"] = constraints.to_json()
             if plan is not None:
