@@ -136,7 +136,8 @@ def format_info(fmt: str) -> FormatInfo:
 # ---------------------------------------------------------------------------------------------
 def choose_spec(x: np.ndarray | None, fmt: str, granularity: str | None = None, axis: int | None = None,
                 block_size: int | None = None, symmetric: bool = True,
-                amin: float | np.ndarray | None = None, amax: float | np.ndarray | None = None) -> QuantSpec:
+                amin: float | np.floating | np.ndarray | None = None,
+                amax: float | np.floating | np.ndarray | None = None) -> QuantSpec:
     """The QuantSpec that maps the range [amin, amax] (default: x's min and max) onto `fmt`.
 
     `granularity` defaults to "block" for MX/NVFP4 (block along the last axis) and "tensor"

@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import networkx as nx
 import numpy as np
@@ -229,12 +229,13 @@ def _low_candidate(candidates: list[LayerFormat]) -> int | None:
     """The candidate interactions are measured at: INT4 per channel, else the first of <= 4 bits."""
     lows = [i for i, c in enumerate(candidates) if c.format is not None and bits_of(c) <= LOW_BITS]
     preferred = [i for i in lows if candidates[i] == LayerFormat("int4")]
-    return (preferred or lows or [None])[0]
+    found = preferred or lows
+    return found[0] if found else None
 
 
 def _cached_interactions(analysis: PrecisionAnalysis, feeds: list[Feed], low: int, loss: LossFn, loss_name: str,
                          cache_dir: str | Path | None, quiet: bool) -> Interactions:
-    quantized = {name: fake_quant(analysis.graph.constants[name], analysis.specs[name][low])
+    quantized = {name: fake_quant(analysis.graph.constants[name], cast(QuantSpec, analysis.specs[name][low]))
                  for name in analysis.points}
     cache_file = None
     if cache_dir is not None:
@@ -262,8 +263,8 @@ def _tie_groups(points: Mapping[str, WeightPoint], ties: Sequence[Sequence[str]]
                              f"MatMul nodes; weights: {sorted(points)[:8]}{' ...' if len(points) > 8 else ''}")
         relation.add_edges_from(zip(tie, tie[1:]))
     order = {name: i for i, name in enumerate(points)}
-    return sorted((tuple(sorted(c, key=order.get)) for c in nx.connected_components(relation)),
-                  key=lambda g: order[g[0]])
+    return sorted((tuple(sorted(c, key=lambda name: order[name])) for c in nx.connected_components(relation)),
+                  key=lambda group: order[group[0]])
 
 
 def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activations: str | None = None,
@@ -277,7 +278,8 @@ def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activatio
     low = np.array([c.format is not None and bits_of(c) <= LOW_BITS for c in analysis.candidates])
     problem_groups = []
     for names in groups:
-        omega = sum(_omega(analysis, name) for name in names)
+        omegas = [_omega(analysis, name) for name in names]
+        omega = sum(omegas[1:], omegas[0])
         costs = {b: np.zeros(len(analysis.candidates)) for b in BUDGETS}
         for name in names:
             for k, candidate in enumerate(analysis.candidates):
@@ -380,7 +382,7 @@ def _bisect(problem: Problem, budgets: dict[str, float], max_drop: float, metric
                           f"budgets ({best.totals['size_bytes'] / 1e6:.6g} MB) already drops the metric by "
                           f"{evaluated[tuple(best.choice)]:.6g}. Allow a drop of at least that, or add float / wider "
                           "formats to the candidates.")
-    low = smallest_feasible(problem, "size_bytes", others)
+    low = cast(float, smallest_feasible(problem, "size_bytes", others))  # `best` is feasible, so some size is
     high = best.totals["size_bytes"]
     for _ in range(steps):
         if high - low <= 1e-3 * high:

@@ -22,7 +22,7 @@ evaluated at the integer values, so autograd users see the deployed numerics.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -73,7 +73,8 @@ class _IntegerReference:
             raise UnsupportedError(f"Simulator(integer_exact=True) simulates the integer lowering, which refuses "
                                    f"graph {graph.name!r}: {exc}. Use the default fake-quant mode "
                                    f"(integer_exact=False) for formats without integer kernels.") from exc
-        self.specs = {name: graph.values[name].quant for name in self.where.codes}
+        # values with integer codes are quantized: each has its spec
+        self.specs = {name: cast(QuantSpec, graph.values[name].quant) for name in self.where.codes}
         self.names = set(self.where.codes.values()) | set(self.where.floats.values())
 
     def values(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -106,7 +106,7 @@ def _milp(problem: Problem, budgets: Mapping[str, float], objective: str | None)
         for e, (_, _, value) in enumerate(problem.interactions):
             c[layout.n_x + e] = value
         c[:layout.n_x] += _tie_breaker(problem, layout, c)
-    rows: list[tuple[np.ndarray | dict[int, float], float, float]] = []
+    rows: list[tuple[dict[int, float], float, float]] = []
     for g, group in enumerate(problem.groups):  # one candidate per group
         rows.append(({layout.x(g, k): 1.0 for k in range(len(group.omega))}, 1.0, 1.0))
     for name, limit in budgets.items():
@@ -116,8 +116,8 @@ def _milp(problem: Problem, budgets: Mapping[str, float], objective: str | None)
     if not objective:
         for e, (a, b, _) in enumerate(problem.interactions):
             y = layout.n_x + e
-            low_a = {layout.x(a, k): 1.0 for k in np.flatnonzero(problem.groups[a].low)}
-            low_b = {layout.x(b, k): 1.0 for k in np.flatnonzero(problem.groups[b].low)}
+            low_a = {layout.x(a, int(k)): 1.0 for k in np.flatnonzero(problem.groups[a].low)}
+            low_b = {layout.x(b, int(k)): 1.0 for k in np.flatnonzero(problem.groups[b].low)}
             rows.append((_merged(low_a, low_b, y), -1.0, np.inf))  # y >= low_a + low_b - 1
             rows.append(({**_neg(low_a), y: 1.0}, -np.inf, 0.0))  # y <= low_a
             rows.append(({**_neg(low_b), y: 1.0}, -np.inf, 0.0))  # y <= low_b
