@@ -46,6 +46,7 @@ results: $(STAMP) ctest
 	$(PY) scripts/quant_accuracy.py
 	$(PY) scripts/integer_parity.py
 	$(PY) scripts/runtime_parity.py
+	$(PY) scripts/example_reports.py
 
 clean:
 	rm -rf $(VENV) build $(DEMO_OUT) .cache .pytest_cache
