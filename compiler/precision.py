@@ -275,7 +275,8 @@ def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activatio
     measured = measured_latency_ms or {}
     groups = _tie_groups(analysis.points, ties)
     index_of = {name: g for g, names in enumerate(groups) for name in names}
-    low = np.array([c.format is not None and bits_of(c) <= LOW_BITS for c in analysis.candidates])
+    low_index = _low_candidate(analysis.candidates)
+    low = np.array([k == low_index for k in range(len(analysis.candidates))])  # where interactions were measured
     problem_groups = []
     for names in groups:
         omegas = [_omega(analysis, name) for name in names]
@@ -290,7 +291,6 @@ def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activatio
                 costs["latency_ms"][k] += measured.get(name, {}).get(label(candidate), cost.latency_ms)
         problem_groups.append(Group(names, omega, costs, low))
     pairs: dict[tuple[int, int], float] = {}
-    low_index = _low_candidate(analysis.candidates)
     if analysis.interactions is not None and low_index is not None:
         for (a, b) in analysis.interactions.pair:
             key = (index_of[a], index_of[b])

@@ -9,8 +9,8 @@ Objective: the predicted loss increase
     sum_g,c 0.5 * Omega[g, c] * x[g, c]  +  sum_(g,h) I[g, h] * y[g, h]
 
 where Omega = Tr(H)/n * ||Q(W) - W||^2 (HAWQ-V2; the second-order Taylor term of the loss is half of
-it) and y[g, h] = low[g] * low[h] is 1 when both neighbours are at low precision (<= 4 bits), with
-I[g, h] the interaction of the pair (the driver, bitsmith.precision, derives it from
+it) and y[g, h] = low[g] * low[h] is 1 when both neighbours are at the low-precision candidate the
+interaction was measured at (`Group.low` marks it), with I[g, h] the interaction of the pair (the driver, bitsmith.precision, derives it from
 `interlayer.measure_interactions`). The product is linearized
 exactly: y >= low_g + low_h - 1, y <= low_g, y <= low_h, 0 <= y <= 1.
 
@@ -43,7 +43,7 @@ class Group:
     names: tuple[str, ...]
     omega: np.ndarray          # per candidate, summed over the group
     costs: dict[str, np.ndarray]  # budget name -> per candidate
-    low: np.ndarray            # per candidate: counts as low precision for interactions
+    low: np.ndarray            # per candidate: the one interactions apply to
 
 
 @dataclass
