@@ -70,9 +70,9 @@ LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], Feed], torc
 @dataclass(frozen=True)
 class HutchinsonSettings:
     loss_kind: str = "auto"
-    tolerance: float = 0.1       # stop when every tensor's relative standard error is below this
+    tolerance: float = 0.2       # stop when every tensor's relative standard error is below this
     min_probes: int = 8
-    max_probes: int = 64
+    max_probes: int = 16         # rankings settle well before the traces do (docs/results/mixed_precision.md)
     probes_per_batch: int = 4
     seed: int = 0
     activations: bool = True     # estimate the activations' traces too
