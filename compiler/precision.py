@@ -142,7 +142,7 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
     if constraints.max_metric_drop is not None:
         metric = _metric(analysis.graph, eval_fn, eval_feeds or calibration)
         solution, bisection = _bisect(problem, budgets, constraints.max_metric_drop, metric,
-                                      lambda s: quantized_graph(analysis, groups, s.choice), bisection_steps)
+                                      _builder(graph, calibration, base, analysis, groups), bisection_steps)
     else:
         if not budgets:
             budgets, note = _default_budget(problem, analysis)
@@ -393,6 +393,23 @@ def _bisect(problem: Problem, budgets: dict[str, float], max_drop: float, metric
         else:
             low = (low + high) / 2
     return best, log
+
+
+def _builder(graph: Graph, calibration: list[Feed], base: QuantRecipe, analysis: PrecisionAnalysis,
+             groups: list[tuple[str, ...]]) -> Callable[[Solution], Graph]:
+    """How the bisection builds a candidate: the weight specs alone when the recipe quantizes nothing else,
+    else the whole recipe through the quantize driver (activations calibrated, algorithms run)."""
+    if base.activations is None and not base.algorithms:
+        return lambda solution: quantized_graph(analysis, groups, solution.choice)
+    from .quantize import quantize
+
+    def build(solution: Solution) -> Graph:
+        if list(solution.choice) == [-1]:
+            return quantized_graph(analysis, groups, solution.choice)
+        return quantize(graph, base.with_(weights=None, layer_formats=_choices(analysis, groups, solution.choice)),
+                        calibration)
+
+    return build
 
 
 def quantized_graph(analysis: PrecisionAnalysis, groups: list[tuple[str, ...]], choice: Sequence[int]) -> Graph:

@@ -56,7 +56,8 @@ class QuantRecipe:
         return self.layer_formats.get(name, default)
 
     def quantizes_weights(self) -> bool:
-        return self.weights is not None or any(f.format is not None for f in self.layer_formats.values())
+        """Whether the weight pass runs (with per-layer formats it does, even if all of them keep float)."""
+        return self.weights is not None or bool(self.layer_formats)
 
     def with_(self, **changes: object) -> "QuantRecipe":
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -292,3 +292,18 @@ def test_latency_budget_uses_measured_layer_latencies(tmp_path):
     assert plan.totals["latency_ms"] <= 3.5 and {c["label"] for c in plan.choices.values()} == {"int8"}
     with pytest.raises(BudgetError, match=r"latency_ms=2 is below the smallest feasible 3 ms"):
         plan_precision(mlp(), feeds(2), "x86-avx2", Constraints(latency_ms=2.0), **options)
+
+
+def test_plan_keeps_the_base_recipe_and_bisects_on_the_whole_recipe(tmp_path):
+    graph, data = mlp(), feeds(2)
+    base = QuantRecipe("w8a8_like", activations="uint8", algorithms=("bias_correction",))
+    plan = plan_precision(graph, data, "x86-avx2", Constraints(max_metric_drop=0.05), recipe=base,
+                          formats=("int8", "int4", "fp32"), cache_dir=tmp_path,
+                          settings=HutchinsonSettings(min_probes=4, max_probes=4))
+    assert plan.recipe.activations == "uint8" and plan.recipe.algorithms == ("bias_correction",)
+    quantized = quantize(graph, plan.recipe, data)
+    assert quantized.values["x"].quant is not None  # activations quantized as the base recipe says
+    reference = [Simulator(graph, quantized=False).run(f) for f in data]
+    from bitsmith.precision import fidelity
+
+    assert 1.0 - fidelity(reference, [Simulator(quantized).run(f) for f in data]) <= 0.05
