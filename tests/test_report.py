@@ -11,6 +11,8 @@ import pytest
 
 import bitsmith
 from bitsmith import targets, zoo
+from bitsmith.budget import check_constraints
+from bitsmith.errors import BudgetError
 from bitsmith.bench import BenchSettings, measure, scale_predictions, subject_from_artifact, subject_from_compile
 from bitsmith.pipeline import compile_traced
 from bitsmith.report import SCHEMA, SCHEMA_VERSION, Report
@@ -160,3 +162,24 @@ def test_infinite_sqnr_is_written_as_a_string():
     body = {"x": math.inf, "rows": [{"sqnr_db": -math.inf}], "y": np.float64(1.5).item()}
     doc = Report.create({**body, "target": {"name": "t"}}).to_json()
     assert doc["x"] == "inf" and doc["rows"][0]["sqnr_db"] == "-inf" and json.dumps(doc)
+
+
+def test_a_budget_the_search_cannot_meet_is_a_budget_error(data, tmp_path):
+    calibration, _ = data
+    with pytest.raises(BudgetError, match="latency_ms"):
+        bitsmith.compile(zoo.onnx_path(MODEL), "x86-avx2", calibration=calibration, recipe="w8a8",
+                         input_shapes=zoo.input_shapes(MODEL, batch=4), output_dir=tmp_path / "fast",
+                         constraints=bitsmith.Constraints(latency_ms=1e-6), quiet=True)
+    assert BudgetError.exit_code == 6
+
+
+def test_the_built_artifact_is_measured_against_each_constraint(data, compiled):
+    calibration, _ = data
+    loose = bitsmith.Constraints(size_mb=1.0, latency_ms=1e4, bops_g=100.0, peak_activation_mb=10.0,
+                                 max_metric_drop=0.05)
+    measured = check_constraints(compiled, loose, calibration, None)
+    assert 0.09 < measured["size_mb"] < 0.2 and 0 < measured["latency_ms"] < 1e4
+    assert 0 < measured["bops_g"] < 100 and 0 < measured["peak_activation_mb"] < 1
+    assert 0 <= measured["max_metric_drop"] < 0.05  # 1 - cosine with FP32 on the calibration faces
+    with pytest.raises(BudgetError, match=r"size_mb = 0\.1\d* exceeds 0\.01; latency_ms = .* exceeds 1e-06"):
+        check_constraints(compiled, bitsmith.Constraints(size_mb=0.01, latency_ms=1e-6), calibration, None)
