@@ -24,12 +24,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 from safetensors.numpy import load_file as st_load_file, save as st_save
 
 from .errors import ArtifactError, BuildError, DataError, OutputError
+
+if TYPE_CHECKING:
+    from .report import Report
 
 FORMAT = "bitsmith-artifact"
 VERSION = 1
@@ -411,7 +414,7 @@ class Artifact:
     def report(self, data: Sequence[Mapping[str, np.ndarray]] | None = None, *, fp32_model: str | Path | None = None,
                calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
                eval_fn: Callable[[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]], float] | None = None,
-               repeat: int = 50, quiet: bool = True) -> Any:
+               repeat: int = 50, quiet: bool = True) -> "Report":
         """A bitsmith.report.Report of this artifact on its target: with evaluation `data` (feeds) and
         its `fp32_model` (ONNX) the accuracy against FP32 too, with `calibration` ONNX Runtime INT8
         beside it. `.save(dir)` writes report.json / .md / .html."""
