@@ -504,8 +504,10 @@ class _Worker:
 
     def run(self, index: int, limit_s: float) -> dict[str, Any] | str:
         """The outcome of case `index`, or "hang" / "died" when the worker did not answer."""
-        self.proc.stdin.write(f"{index}\n")
-        self.proc.stdin.flush()
+        stdin = self.proc.stdin
+        assert stdin is not None  # opened with stdin=PIPE
+        stdin.write(f"{index}\n")
+        stdin.flush()
         ready, _, _ = select.select([self.results], [], [], limit_s)
         if not ready:
             return "hang"
