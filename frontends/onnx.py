@@ -649,8 +649,18 @@ def _spatial_attrs(imp: _Importer, node: onnx.NodeProto, kernel: list[int]) -> d
     return {"strides": strides, "dilations": dilations, "pads": pads}
 
 
+def _check_spatial_rank(imp: _Importer, node: onnx.NodeProto, *names: str) -> None:
+    """Convolutions and pools take (N, C, spatial...) tensors with one to three spatial axes."""
+    for name in names:
+        rank = len(imp.shape(name))
+        if not 3 <= rank <= 5:
+            raise ModelError(f"node {imp.node_name!r} ({node.op_type}): {name!r} has rank {rank}; it needs rank 3 "
+                             "to 5 (batch, channels and one to three spatial axes)")
+
+
 @converter("Conv")
 def _conv(imp: _Importer, node: onnx.NodeProto) -> None:
+    _check_spatial_rank(imp, node, node.input[0], node.input[1])
     w_shape = imp.shape(node.input[1])
     attrs = _spatial_attrs(imp, node, list(w_shape[2:]))
     attrs["group"] = int(attrs_of(node).get("group", 1))
@@ -689,6 +699,7 @@ def _pool(imp: _Importer, node: onnx.NodeProto) -> None:
     a = attrs_of(node)
     if len(node.output) > 1 and node.output[1]:
         raise UnsupportedError(f"node {imp.node_name!r} (MaxPool): the indices output is not supported")
+    _check_spatial_rank(imp, node, node.input[0])
     kernel = list(a["kernel_shape"])
     attrs = _spatial_attrs(imp, node, kernel)
     attrs["kernel_shape"] = kernel

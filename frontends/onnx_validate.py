@@ -41,6 +41,7 @@ def tensor_array(tensor: onnx.TensorProto, what: str, source: str) -> np.ndarray
 def validate(proto: onnx.ModelProto, source: str) -> None:
     """Raise ModelError, naming the node or tensor, if `proto` breaks one of the rules above."""
     graph = proto.graph
+    _check_text(proto, source)
     defined = {t.name for t in graph.initializer}
     defined |= {v.name for v in graph.input}
     context = _checker_context(proto)
@@ -61,6 +62,25 @@ def validate(proto: onnx.ModelProto, source: str) -> None:
             raise ModelError(f"{source}: graph output {output.name!r} is produced by no node; {_FIX}")
 
 
+def _check_text(proto: onnx.ModelProto, source: str) -> None:
+    """Names must be text: protobuf hands back the bytes of a string field that is not UTF-8."""
+    graph = proto.graph
+    named = [("graph name", graph.name)]
+    named += [(f"graph input {i}", v.name) for i, v in enumerate(graph.input)]
+    named += [(f"graph output {i}", v.name) for i, v in enumerate(graph.output)]
+    named += [(f"initializer {i}", t.name) for i, t in enumerate(graph.initializer)]
+    named += [(f"opset import {i}", e.domain) for i, e in enumerate(proto.opset_import)]
+    for i, node in enumerate(graph.node):
+        named += [(f"node #{i}: {field}", text) for field, text in
+                  (("name", node.name), ("op type", node.op_type), ("domain", node.domain))]
+        named += [(f"node #{i}: an input name", text) for text in node.input]
+        named += [(f"node #{i}: an output name", text) for text in node.output]
+        named += [(f"node #{i}: an attribute name", a.name) for a in node.attribute]
+    for what, text in named:
+        if not isinstance(text, str):
+            raise ModelError(f"{source}: {what} is not UTF-8 text ({bytes(text)[:40]!r}); {_FIX}")
+
+
 def _checker_context(proto: onnx.ModelProto) -> checker.C.CheckerContext:
     context = checker.C.CheckerContext()
     context.ir_version = proto.ir_version
@@ -71,6 +91,8 @@ def _checker_context(proto: onnx.ModelProto) -> checker.C.CheckerContext:
 def _check_schema(node: onnx.NodeProto, context: checker.C.CheckerContext, where: str) -> None:
     try:
         checker.check_node(node, context)
+    except UnicodeDecodeError:  # ONNX's message quotes text that is not UTF-8 (a string attribute, say)
+        raise ModelError(f"{where} does not match its ONNX schema, and holds text that is not UTF-8; {_FIX}") from None
     except checker.ValidationError as exc:
         reason = str(exc).strip().splitlines()[0]
         raise ModelError(f"{where} does not match its ONNX schema: {reason}; {_FIX}") from None
