@@ -98,7 +98,7 @@ class _Subject:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
-def bench(source: ModelLike | Artifact, target_names: Sequence[str] | str = "host", *, data: Sequence[Feed],
+def bench(source: ModelLike | Artifact, target_names: Sequence[str] | str | None = None, *, data: Sequence[Feed],
           calibration: Sequence[Feed] | None = None, recipe: str | QuantRecipe | None = None,
           constraints: Constraints | None = None, eval_fn: EvalFn | None = None,
           input_shapes: dict[str, tuple[int, ...]] | None = None, fp32_model: str | Path | None = None,
@@ -106,8 +106,13 @@ def bench(source: ModelLike | Artifact, target_names: Sequence[str] | str = "hos
     """One Report per target. `source` is a model (compiled here for each target, with `recipe`,
     `calibration` and `constraints` as bitsmith.compile takes them) or an artifact (directory or
     Artifact; its own target only; `fp32_model` is its FP32 ONNX source for the accuracy metric and
-    ONNX Runtime). `data` are the evaluation feeds, in the compiled input shapes."""
+    ONNX Runtime). `data` are the evaluation feeds, in the compiled input shapes. `target_names`
+    defaults to the artifact's own target, or "host" for a model."""
     settings = settings or BenchSettings()
+    if isinstance(source, (str, Path)) and _is_artifact_dir(source):
+        source = Artifact.load(source)
+    if target_names is None:
+        target_names = source.target if isinstance(source, Artifact) else "host"
     names = [target_names] if isinstance(target_names, str) else list(target_names)
     if not data:
         raise DataError("bench needs evaluation data: at least one feed {input name: array}")
