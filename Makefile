@@ -47,6 +47,8 @@ results: $(STAMP) ctest
 	$(PY) scripts/integer_parity.py
 	$(PY) scripts/runtime_parity.py
 	$(PY) scripts/example_reports.py
+	$(PY) scripts/fuzz.py --cases 10000
+	$(PY) scripts/reliability.py
 
 clean:
 	rm -rf $(VENV) build $(DEMO_OUT) .cache .pytest_cache
