@@ -186,8 +186,7 @@ def measure(subject: _Subject, data: Sequence[Feed], calibration: Sequence[Feed]
     kernels = profile_kernels(artifact, data[0], settings.profile_runs) if runs_here and settings.profile_runs else []
     run_quantized = _quantized_runner(subject, runs_here)
     run_fp32 = _fp32_runner(subject, ort.get("onnxruntime_fp32"))
-    accuracy = _accuracy(run_fp32, run_quantized, data, eval_fn, settings, "artifact" if runs_here else
-                         "integer reference interpreter (the artifact's integers)")
+    accuracy = _accuracy(run_fp32, run_quantized, data, eval_fn, settings, _accuracy_source(artifact, runs_here))
     for name, session in ort.items():
         if run_fp32 is not None and session.get("session") is not None and name != "onnxruntime_fp32":
             baselines[name]["accuracy"] = _accuracy(run_fp32, _session_runner(session["session"]), data, eval_fn,
@@ -226,6 +225,14 @@ def _recipe_summary(formats: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("weights", "activations", "weight_granularity", "algorithms", "emulated")
     return {key: formats.get(key) for key in keys}
+
+
+def _accuracy_source(artifact: Artifact, runs_here: bool) -> str:
+    if runs_here:
+        return "artifact"
+    if artifact.manifest.get("formats"):
+        return "integer reference interpreter (the artifact's integers)"
+    return "reference interpreter on the compiled FP32 graph"
 
 
 def _batch(artifact: Artifact) -> int:

@@ -24,7 +24,7 @@ SCHEMA = "bitsmith-report"
 SCHEMA_VERSION = 1
 NOT_COMPUTED = "not computed"
 
-# gate name -> (what it reads, unit); docs/report_schema.md lists them for users
+# gate name -> what it reads (docs/report_schema.md lists them for users)
 GATE_FIELDS: dict[str, str] = {
     "metric_drop": "relative drop of the accuracy metric vs FP32 (accuracy.drop)",
     "metric": "the accuracy metric of the artifact (accuracy.value)",
