@@ -120,6 +120,7 @@ class Sensitivity:
     seconds: float
     converged: bool
     estimator: str = "hvp"
+    cpu_seconds: float = 0.0  # process CPU time (all threads): on a shared machine, wall time inflates
     settings: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
 
@@ -127,14 +128,14 @@ class Sensitivity:
         return {"weights": {k: asdict(v) for k, v in self.weights.items()},
                 "activations": {k: asdict(v) for k, v in self.activations.items()},
                 "loss": self.loss, "probes": self.probes, "seconds": self.seconds, "converged": self.converged,
-                "estimator": self.estimator, "settings": self.settings}
+                "estimator": self.estimator, "cpu_seconds": self.cpu_seconds, "settings": self.settings}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], cached: bool = False) -> "Sensitivity":
         return cls({k: TensorTrace(**v) for k, v in data["weights"].items()},
                    {k: TensorTrace(**v) for k, v in data["activations"].items()},
                    data["loss"], int(data["probes"]), float(data["seconds"]), bool(data["converged"]),
-                   data["estimator"], dict(data.get("settings", {})), cached)
+                   data["estimator"], float(data.get("cpu_seconds", 0.0)), dict(data.get("settings", {})), cached)
 
 
 class HessianSensitivity(Pass):
@@ -222,7 +223,7 @@ def builtin_loss(kind: str, graph: Graph) -> LossFn:
 # -- the estimator -----------------------------------------------------------------------------------
 def _estimate(graph: Graph, feeds: list[Feed], labels: Sequence[np.ndarray] | None, settings: HutchinsonSettings,
               kind: str, loss_fn: LossFn | None, quiet: bool) -> Sensitivity:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loss = loss_fn or builtin_loss(kind, graph)
     estimator = _estimator(settings.estimator, kind, loss_fn)
     probe_batch = _gauss_newton_batch if estimator == "gauss_newton" else _hvp_batch
@@ -261,7 +262,8 @@ def _estimate(graph: Graph, feeds: list[Feed], labels: Sequence[np.ndarray] | No
              _relative_errors(samples).max())
     return Sensitivity({t.name: t for t in traces if t.kind == "weight"},
                        {t.name: t for t in traces if t.kind == "activation"},
-                       kind, len(table), round(seconds, 3), converged, estimator, asdict(settings))
+                       kind, len(table), round(seconds, 3), converged, estimator,
+                       round(time.process_time() - cpu_start, 3), asdict(settings))
 
 
 def _activation_readers(graph: Graph) -> dict[str, str]:
