@@ -206,7 +206,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
                 manifest["constraints"] = constraints.to_json()
             if plan is not None:
                 manifest["precision_plan"] = PLAN_FILE
-                extra[PLAN_FILE] = json.dumps(plan.to_json(), indent=1, sort_keys=True)
+                extra[PLAN_FILE] = json.dumps(_without_timings(plan.to_json()), indent=1, sort_keys=True)
             params = {name: compiled.constants[name] for name in emitted.param_names}
             write_artifact(out, manifest=manifest, export_library=lambda p: backend.export(executable, p),
                            params=params, extra_files=extra)
@@ -235,6 +235,16 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
                 result.artifact = result.artifact.save(output_dir)
                 shutil.rmtree(out.parent, ignore_errors=True)  # the library stays mapped; the files go
     return result
+
+
+def _without_timings(data: Any) -> Any:
+    """`data` without its "...seconds" entries: timings differ run to run, and an artifact is a
+    function of the model, data, target and options alone (the same inputs give the same bytes)."""
+    if isinstance(data, dict):
+        return {k: _without_timings(v) for k, v in data.items() if not str(k).endswith("seconds")}
+    if isinstance(data, list):
+        return [_without_timings(v) for v in data]
+    return data
 
 
 def _planner() -> Callable[..., Any] | None:
