@@ -547,26 +547,30 @@ def kill_mid_write(root: Path, reference: Callable[[], Path], point: str) -> dic
 # ---------------------------------------------------------------------------------------------
 # Determinism: the same inputs give the same bytes
 # ---------------------------------------------------------------------------------------------
-def compile_twice(root: Path, name: str, recipe: str | None) -> dict:
-    """Compile zoo model `name` twice (FP32, or `recipe` on the zoo's calibration split) into two
-    directories of different names in separate processes; compare the files byte for byte."""
+def compile_twice(root: Path, name: str, recipe: str | None, size_mb: float | None = None) -> dict:
+    """Compile zoo model `name` twice (FP32, or `recipe` on the zoo's calibration split, planned per
+    layer under a `size_mb` budget if given) into two directories of different names in separate
+    processes; compare the files byte for byte."""
     runs = []
+    label = f"{recipe or 'fp32'}" + (f", mixed precision under size_mb={size_mb}" if size_mb else "")
     for attempt in ("first", "second"):
-        out = root / f"{name}-{recipe or 'fp32'}-{attempt}" / "artifact"
+        out = root / f"{name}-{recipe or 'fp32'}-{size_mb or 'any'}-{attempt}" / "artifact"
         ws_code = f"""
+            from bitsmith.constraints import Constraints
             shapes = zoo.input_shapes({name!r})
             calibration = zoo.inputs({name!r}, 2, split="calib") if {recipe!r} else None
+            constraints = Constraints(size_mb={size_mb!r}) if {size_mb!r} else None
             bitsmith.compile(zoo.onnx_path({name!r}), "host", input_shapes=shapes, recipe={recipe!r},
-                             calibration=calibration, output_dir={str(out)!r}, quiet=True)
+                             calibration=calibration, constraints=constraints, output_dir={str(out)!r}, quiet=True)
         """
         result = Workspace(out.parent, lambda: out).api(ws_code)
         if result.exit_code != 0:
-            raise RuntimeError(f"compiling {name} ({recipe or 'fp32'}) failed: {result.message}")
+            raise RuntimeError(f"compiling {name} ({label}) failed: {result.message}")
         runs.append(out)
     first, second = (json.loads((run / "manifest.json").read_text()) for run in runs)
     files = sorted(set(first["files"]) | {"manifest.json"})
     differing = [f for f in files if (runs[0] / f).read_bytes() != (runs[1] / f).read_bytes()]
-    return {"model": name, "precision": recipe or "fp32", "files": files, "file_hashes": first["files"],
+    return {"model": name, "precision": label, "files": files, "file_hashes": first["files"],
             "manifest_sha256": hashlib.sha256((runs[0] / "manifest.json").read_bytes()).hexdigest(),
             "identical": not differing, "differing": differing}
 
