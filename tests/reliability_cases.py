@@ -32,6 +32,7 @@ import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +70,8 @@ class Case:
         """Why the case cannot run in this build ("" when it can)."""
         if self.name == "budget_no_configuration_meets" and importlib.util.find_spec("bitsmith.precision") is None:
             return "needs the precision planner (bitsmith.precision), which this build lacks"
+        if self.name == "disk_full_tmpfs" and not _namespaces_allowed():
+            return "this machine does not let an unprivileged process mount a small tmpfs (unshare -rm)"
         return ""
 
     def unmentioned(self, result: Result) -> list[str]:
@@ -387,6 +390,29 @@ def disk_full_over_previous_artifact(ws: Workspace) -> Result:
                   file_size_limit=DISK_LIMIT_BYTES)
 
 
+def disk_full_tmpfs(ws: Workspace) -> Result:
+    """A real full disk: out/ is a 300 KiB tmpfs (in a user and mount namespace, so no privileges
+    are needed where the kernel allows them), too small for RNet's 0.4 MB of weights."""
+    listing = ws.root / "tmpfs-contents.txt"
+    script = ('mount -t tmpfs -o size=300k tmpfs "$1" || exit 99; shift; "$@"; code=$?; '
+              f'ls -A "{ws.out}" > "{listing}"; exit $code')
+    result = ws._run(["unshare", "-rm", "sh", "-c", script, "sh", str(ws.out), sys.executable, "-m", "bitsmith",
+                      "compile", str(_rnet()), "--input-shape", SHAPE, "-o", str(ws.artifact)], None)
+    left = listing.read_text().split() if listing.is_file() else ["(the tmpfs could not be listed)"]
+    leftovers = result.leftovers + [f"out/{name} (on the tmpfs)" for name in left]
+    return Result(result.exit_code, result.message, bool(leftovers), leftovers, result.seconds)
+
+
+@lru_cache(maxsize=1)
+def _namespaces_allowed() -> bool:
+    """Whether this machine lets an unprivileged process mount a tmpfs in its own namespaces."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
 def artifact_missing_file(ws: Workspace) -> Result:
     (ws.copy_of_artifact(ws.artifact) / "weights.safetensors").unlink()
     return ws.cli("inspect", ws.artifact)
@@ -452,6 +478,7 @@ CASES: list[Case] = [
     _case(output_is_not_an_artifact, "-o an existing directory of someone's files", "cli", 9, "not a bitsmith artifact", "refusing"),
     _case(disk_full, "every file write past 64 KiB fails (RLIMIT_FSIZE)", "cli", 9, "artifact", "file size limit", "another output directory"),
     _case(disk_full_over_previous_artifact, "disk full while replacing a previous artifact", "cli", 9, "artifact", "file size limit"),
+    _case(disk_full_tmpfs, "output on a 300 KiB tmpfs: writes fail with ENOSPC", "cli", 9, "artifact", "disk is full", "free space"),
     _case(artifact_missing_file, "artifact without its weights file", "cli", 7, "weights.safetensors", "recompile"),
     _case(artifact_modified_file, "one bit flipped in the artifact's library", "cli", 7, "model.so", "SHA-256 mismatch", "recompile"),
     _case(artifact_member_escapes, "manifest listing ../outside.so", "cli", 7, "../outside.so", "escapes"),
