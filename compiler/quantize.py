@@ -20,6 +20,7 @@ from .passes.awq import AWQ
 from .passes.base import Pass
 from .passes.bias_correction import BiasCorrection
 from .passes.calibrate import Calibrate, check_calibration_feeds
+from .passes.channel_shift import ChannelShift
 from .passes.fold_batchnorm import FoldBatchNorm
 from .passes.fp_search import FPSearchActivations, FPSearchWeights, parse_formats
 from .passes.gptq import GPTQ
@@ -31,8 +32,14 @@ from .recipes import QuantRecipe
 Feeds = list[Mapping[str, np.ndarray]]
 
 
+def _sample_mask(recipe: QuantRecipe) -> str | None:
+    mask = recipe.options.get("calibration_mask")
+    return None if mask is None else str(mask)
+
+
 def _smoothquant(recipe: QuantRecipe, feeds: Feeds) -> Pass:
-    return SmoothQuant(feeds, alpha=float(recipe.options.get("smoothquant_alpha", 0.5)))
+    return SmoothQuant(feeds, alpha=float(recipe.options.get("smoothquant_alpha", 0.5)),
+                       sample_mask=_sample_mask(recipe))
 
 
 def _awq(recipe: QuantRecipe, feeds: Feeds) -> Pass:
@@ -55,14 +62,17 @@ def _fp_search_activations(recipe: QuantRecipe, feeds: Feeds) -> Pass:
 
 # name -> (stage, factory(recipe, calibration feeds) -> Pass). Recipe options they read:
 # smoothquant_alpha (0.5), gptq_act_order (0), fp_search_formats (comma-separated format names;
-# default: the FP formats of each tensor's bit width).
+# default: the FP formats of each tensor's bit width), calibration_mask (a graph input marking the
+# positions that count, e.g. "attention_mask"; Calibrate reads it too: passes/calibrate.py).
 ALGORITHMS: dict[str, tuple[str, Callable[[QuantRecipe, Feeds], Pass]]] = {
+    "channel_shift": ("before_weights", lambda recipe, feeds: ChannelShift(feeds, _sample_mask(recipe))),
     "smoothquant": ("before_weights", _smoothquant),
     "awq": ("before_weights", _awq),
     "gptq": ("after_weights", _gptq),
     "fp_search_weights": ("after_weights", _fp_search_weights),
     "fp_search_activations": ("after_calibration", _fp_search_activations),
-    "bias_correction": ("after_calibration", lambda recipe, feeds: BiasCorrection(feeds)),
+    "bias_correction": ("after_calibration",
+                        lambda recipe, feeds: BiasCorrection(feeds, sample_mask=_sample_mask(recipe))),
 }
 STAGES = ("before_weights", "after_weights", "after_calibration")
 
@@ -96,7 +106,7 @@ def quantize(graph: Graph, recipe: QuantRecipe, calibration: Iterable[Mapping[st
         graph = p(graph)
     if recipe.activations is not None:
         graph = Calibrate(feeds, recipe.activations, recipe.activation_symmetric, recipe.activation_observer,
-                          quiet=quiet)(graph)
+                          quiet=quiet, sample_mask=_sample_mask(recipe))(graph)
     for p in _algorithms(recipe, "after_calibration", feeds):
         graph = p(graph)
     check_ties(graph)

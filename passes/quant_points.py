@@ -23,7 +23,7 @@ leaves no float island between the input quantizer and the outputs:
 - a unary elementwise subgraph (`lookup_region`: elementwise nodes whose only non-constant input is one
   activation x, e.g. PRelu, HardSigmoid, HardSwish spelled Add/Clip/Mul/Div, GELU spelled with Erf) whose
   output is quantized gets x quantized too: it becomes a lookup table over x's codes (`_widens` names
-  the exceptions: a weighted op's fused Relu / Clip, per-channel rescalings).
+  the exceptions: a weighted op's fused Relu / Clip, per-channel rescalings and shifts).
 """
 
 from __future__ import annotations
@@ -233,13 +233,14 @@ def _widens(graph: Graph, region: LookupRegion, producers: dict[str, Node], cons
     """Whether a lookup region's input joins the integer region. Not for
     - a lone Relu / Clip reading a weighted op's output (or its bias Add's) and nothing else does: that is
       the weighted op's fused clamp;
-    - a per-channel rescaling (only Mul / Div by constants varying along an axis, e.g. SmoothQuant's
-      Mul(X, 1/s)): quantizing its input per tensor would undo what the rescaling is for."""
+    - a per-channel rescaling or shift (only Mul / Div / Add / Sub of constants varying along an axis, e.g.
+      SmoothQuant's Mul(X, 1/s), channel_shift's Add(X, -c)): quantizing its input per tensor would undo
+      what the rescaling is for."""
     if (len(region.nodes) == 1 and region.nodes[0].op in CLAMPS
             and len(consumers.get(region.input, [])) == 1 and region.input not in graph.outputs
             and _weighted_output(graph, region.input, producers, consumers)):
         return False
-    return not (region.axis is not None and all(n.op in ("Mul", "Div") for n in region.nodes))
+    return not (region.axis is not None and all(n.op in ("Mul", "Div", "Add", "Sub") for n in region.nodes))
 
 
 def _quantized_softmax(graph: Graph, node: Node, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> bool:

@@ -23,6 +23,7 @@ import torch
 
 from ..ir import Graph
 from .base import Pass
+from .calibrate import masked_rows, sample_mask_of
 from .channel_scaling import InputGroup, input_groups, rescale_input_channels
 from .linear_layers import float_inputs, linear_layers
 
@@ -34,17 +35,19 @@ MIN_SCALE = 1e-5
 class SmoothQuant(Pass):
     name = "smoothquant"
 
-    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], alpha: float = 0.5) -> None:
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], alpha: float = 0.5,
+                 sample_mask: str | None = None) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"SmoothQuant alpha must lie in [0, 1], not {alpha}")
         self.feeds = list(feeds)
         self.alpha = alpha
+        self.sample_mask = sample_mask
 
     def run(self, graph: Graph) -> Graph:
         groups = input_groups(linear_layers(graph, ops=("MatMul",)))
         if not groups:
             return graph
-        activation_max = channel_absmax(graph, self.feeds, [g.activation for g in groups])
+        activation_max = channel_absmax(graph, self.feeds, [g.activation for g in groups], self.sample_mask)
         placements: dict[str, int] = {}
         for group in groups:
             scales = smoothing_scales(activation_max[group.activation], weight_absmax(graph, group), self.alpha)
@@ -54,13 +57,15 @@ class SmoothQuant(Pass):
         return graph
 
 
-def channel_absmax(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]],
-                   names: Sequence[str]) -> dict[str, np.ndarray]:
-    """max |X_j| over every calibration sample and position, per last-axis channel of each value."""
+def channel_absmax(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]], names: Sequence[str],
+                   sample_mask: str | None = None) -> dict[str, np.ndarray]:
+    """max |X_j| over every calibration sample and position (those `sample_mask` marks, calibrate.masked_rows),
+    per last-axis channel of each value."""
     maxima: dict[str, torch.Tensor] = {}
-    for values in float_inputs(graph, feeds, names):
+    for feed, values in zip(feeds, float_inputs(graph, feeds, names)):
+        mask = sample_mask_of(graph, feed, sample_mask)
         for name, x in values.items():
-            batch_max = x.abs().reshape(-1, x.shape[-1]).amax(dim=0)
+            batch_max = masked_rows(x, mask).abs().reshape(-1, x.shape[-1]).amax(dim=0)
             maxima[name] = batch_max if name not in maxima else torch.maximum(maxima[name], batch_max)
     return {name: m.double().numpy() for name, m in maxima.items()}
 

@@ -174,7 +174,9 @@ def write_markdown(results: dict, path: Path) -> None:
         f"Recipe {results['recipe']}; each model quantized on real calibration inputs, lowered to integer ops "
         "(passes/lower_integer.py) and compiled by `bitsmith.compile(recipe=..., calibration=...)`; the artifact's "
         "outputs are compared byte for byte with `run_graph` on the lowered graph (the integer reference), on "
-        f"real evaluation inputs. CPU: {results['cpu']}, {results['cpus']} logical CPUs (shared: timings drift). "
+        f"real evaluation inputs. CPU: {results['cpu']}, {results['cpus']} logical CPUs (shared: timings drift; "
+        f"load average {results['load_average_start'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} "
+        "at the end). "
         "Written by `scripts/integer_parity.py`.",
         "",
         "| model | samples | bit-exact | max abs diff | integer-exact sim vs integer: max abs diff "
@@ -226,13 +228,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     results = {"recipe": args.recipe, "cpu": cpu_name(), "cpus": os.cpu_count(), "versions": versions(),
-               "models": {}}
+               "load_average_start": os.getloadavg(), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             start = time.perf_counter()
             results["models"][name] = measure(name, args.recipe, Path(tmp), args.repeat)
             print(f"{name}: bit_exact={results['models'][name]['bit_exact']} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
+    results["load_average_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "integer_parity.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     write_markdown(results, RESULTS / "integer_parity.md")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ BITSMITH_CONFIGS = ("w8a8", "w8_weight_only", "w4a8", "fp8_e4m3", "mxfp4_weights
 ORT_CONFIGS = {"ort_minmax_w8a8": "MinMax", "ort_entropy_w8a8": "Entropy", "ort_percentile_w8a8": "Percentile"}
 W8A8_OBSERVERS = ("percentile", "mse", "entropy", "minmax")
 SMOOTHQUANT_ALPHAS = (0.5, 0.7)
+MASK_INPUT = "attention_mask"  # marks a transformer's real tokens; padding is not calibrated on
 
 Outputs = list[dict[str, np.ndarray]]
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -111,7 +113,9 @@ def evaluate(run: Runner, feeds: list[dict[str, np.ndarray]]) -> Outputs:
 # -- bitsmith ---------------------------------------------------------------------------------------
 def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outputs) -> tuple[QuantRecipe, dict]:
     """bitsmith's best W8A8 recipe, chosen on held-out *calibration* data (never on evaluation data):
-    first the activation observer, then (models with LayerNorm, i.e. transformers) SmoothQuant's alpha."""
+    first the activation observer; then, for models with LayerNorm (transformers), SmoothQuant's alpha
+    with and without centering the LayerNorm outputs (channel_shift); last, whether bias correction
+    stays. Models with an attention mask calibrate on real tokens only (recipe option calibration_mask)."""
     extra = metric_extra(task, "calib", len(holdout) + len(calib))[len(calib):]
     key = _primary(task)
     better = max if key in ("cosine", "accuracy", "agree_with_fp32") else min
@@ -120,16 +124,27 @@ def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outpu
         sim = Simulator(quantize(graph, recipe, calib))
         return task.metric(task, holdout_fp32, evaluate(sim.run, holdout), extra)[key]
 
-    candidates = {f"observer={o}": PRESETS["w8a8"].with_(activation_observer=o) for o in W8A8_OBSERVERS}
+    base = PRESETS["w8a8"]
+    if MASK_INPUT in graph.inputs:
+        base = base.with_(options={**base.options, "calibration_mask": MASK_INPUT})
+    candidates = {f"observer={o}": base.with_(activation_observer=o) for o in W8A8_OBSERVERS}
     scores = {name: score(recipe) for name, recipe in candidates.items()}
     chosen = better(scores, key=scores.get)
     if "LayerNormalization" in graph.op_counts():
         base = candidates[chosen]
         for alpha in SMOOTHQUANT_ALPHAS:
-            name = f"{chosen}+smoothquant(alpha={alpha})"
-            candidates[name] = base.with_(algorithms=("smoothquant", *base.algorithms),
-                                          options={**base.options, "smoothquant_alpha": alpha})
-            scores[name] = score(candidates[name])
+            for shift in (False, True):
+                name = f"{chosen}+{'channel_shift+' if shift else ''}smoothquant(alpha={alpha})"
+                algorithms = ("channel_shift",) * shift + ("smoothquant", *base.algorithms)
+                candidates[name] = base.with_(algorithms=algorithms,
+                                              options={**base.options, "smoothquant_alpha": alpha})
+                scores[name] = score(candidates[name])
+        chosen = better(scores, key=scores.get)
+    if "bias_correction" in candidates[chosen].algorithms:
+        name = f"{chosen}-bias_correction"
+        candidates[name] = candidates[chosen].with_(
+            algorithms=tuple(a for a in candidates[chosen].algorithms if a != "bias_correction"))
+        scores[name] = score(candidates[name])
         chosen = better(scores, key=scores.get)
     return candidates[chosen].with_(name=f"w8a8[{chosen}]"), scores
 
@@ -174,6 +189,7 @@ def ort_quantized_session(task: Task, method: str, calib: list, workdir: Path):
 
 # -- driver -----------------------------------------------------------------------------------------
 def run_task(task: Task, workdir: Path, log) -> dict:
+    load_start = os.getloadavg()
     graph = import_onnx(zoo.onnx_path(task.model), zoo.input_shapes(task.model, batch=task.batch))
     calib_all = zoo.inputs(task.model, task.calib_batches + 2, batch=task.batch, split="calib")
     calib, holdout = calib_all[:task.calib_batches], calib_all[task.calib_batches:]
@@ -182,7 +198,7 @@ def run_task(task: Task, workdir: Path, log) -> dict:
     fp32_sim = Simulator(graph, quantized=False)
     fp32 = evaluate(fp32_sim.run, feeds)
     result = {"eval_samples": task.batch * task.eval_batches, "calib_samples": task.batch * task.calib_batches,
-              "splits_disjoint": True, "configs": {}}
+              "splits_disjoint": True, "load_average_start": load_start, "configs": {}}
     result["configs"]["fp32"] = task.metric(task, fp32, fp32, extra)
 
     start = time.perf_counter()
@@ -209,6 +225,7 @@ def run_task(task: Task, workdir: Path, log) -> dict:
         if options:
             result["configs"][name]["ort_extra_options"] = options
         log(f"{task.model}: {name} {metrics}")
+    result["load_average_end"] = os.getloadavg()
     return result
 
 

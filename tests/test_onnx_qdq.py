@@ -348,6 +348,18 @@ def test_w8a8_zoo_model_matches_simulator(w8a8_zoo, name):
         assert np.array_equal(theirs[result].argmax(-1), ours[result].argmax(-1))
 
 
+def test_minilm_w8a8_with_centered_and_smoothed_layernorms_matches_simulator():
+    """quant_accuracy's MiniLM W8A8 recipe exports: the centering Add and smoothing Mul are plain ONNX ops
+    before the per-tensor QuantizeLinear (min-max ranges: the export does not care how they were found)."""
+    graph = import_onnx(zoo.onnx_path("minilm_l6"), zoo.input_shapes("minilm_l6", 2, seq_len=32))
+    recipe = preset("w8a8").with_(algorithms=("channel_shift", "smoothquant"), activation_observer="minmax",
+                                  options={"smoothquant_alpha": 0.7, "calibration_mask": "attention_mask"})
+    qgraph = quantize(graph, recipe, zoo.inputs("minilm_l6", 1, 2, split="calib", seq_len=32))
+    onnx_model = exported(qgraph)
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node) == len(quantized_activations(qgraph))
+    teacher_forced_parity(qgraph, onnx_model, zoo.inputs("minilm_l6", 1, 2, split="eval", seq_len=32)[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # (3) FP4, and what cannot be exported
 # ---------------------------------------------------------------------------------------------
