@@ -118,7 +118,7 @@ class Workspace:
         return dest
 
     # -- running -------------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         # torch creates its compile cache under $TMPDIR when it loads (torch._dynamo): kept on purpose,
         # and not bitsmith's to clean, so it goes elsewhere and tmp/ shows bitsmith's leftovers only
         return {**os.environ, "TMPDIR": str(self.tmp), "TORCHINDUCTOR_CACHE_DIR": str(self.root / "torch-cache"),
@@ -147,7 +147,7 @@ class Workspace:
     def _run(self, argv: list[str], file_size_limit: int | None) -> Result:
         before = _tree(self.out)
         start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, env=self._env(),
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, env=self.env(),
                               cwd=self.root, preexec_fn=_limit_file_size(file_size_limit) if file_size_limit else None)
         after = _tree(self.out)
         leftovers = sorted(f"out/{p}" for p in after if before.get(p) != after[p])
@@ -528,7 +528,12 @@ def _stage_seen(out: Path, name: str) -> str | None:
     temporaries = list(out.glob(f".{name}.tmp-*"))
     if not temporaries:
         return None
-    present = {p.name for t in temporaries for p in t.iterdir()} if temporaries else set()
+    present: set[str] = set()
+    for temporary in temporaries:
+        try:
+            present |= {p.name for p in temporary.iterdir()}
+        except FileNotFoundError:  # renamed or removed between the glob and the listing
+            pass
     reached = [stage for stage in KILL_POINTS[1:] if stage in present]
     return reached[-1] if reached else "start"
 
@@ -542,7 +547,7 @@ def kill_mid_write(root: Path, reference: Callable[[], Path], point: str) -> dic
     ws.copy_of_artifact(ws.artifact)
     previous = (ws.artifact / "manifest.json").read_bytes()
     proc = subprocess.Popen([sys.executable, "-m", "bitsmith", "compile", str(_rnet()), "--input-shape",
-                             "input=2x3x24x24", "-o", str(ws.artifact), "-q"], env=ws._env(), cwd=ws.root,
+                             "input=2x3x24x24", "-o", str(ws.artifact), "-q"], env=ws.env(), cwd=ws.root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wanted = KILL_POINTS.index(point)
     seen = None
