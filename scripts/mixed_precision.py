@@ -39,7 +39,9 @@ from bitsmith.frontends.onnx import import_onnx
 from bitsmith.interpreter import run_node
 from bitsmith.measure import classification_fidelity, cosine, mean_pooled
 from bitsmith.passes.assign_precision import Group, Problem, solve
-from bitsmith.passes.precision_costs import label
+from bitsmith.passes.fold_batchnorm import FoldBatchNorm
+from bitsmith.passes.precision_costs import fixed_bytes, label
+from bitsmith.passes.quant_points import weight_points
 from bitsmith.passes.sensitivity import HutchinsonSettings
 from bitsmith.precision import analyse_precision, build_problem, fidelity, plan_precision, quantized_graph
 from bitsmith.recipes import LayerFormat
@@ -317,6 +319,16 @@ def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
     }
 
 
+def _size_relative_to_int8(model: str, result: dict) -> None:
+    """The accuracy-budget plan's size against INT8 counting only the quantizable weights (MiniLM's float
+    word embeddings are most of its bytes and the same in every configuration)."""
+    fixed = float_bytes(model)
+    budget = result["accuracy_budget"]
+    budget["float_parameter_bytes"] = fixed
+    budget["weight_size_relative_to_int8"] = ((budget["size_bytes"] - fixed)
+                                              / (result["comparisons"]["uniform_int8"]["size_bytes"] - fixed))
+
+
 def average_bits(analysis, groups, choice) -> float:
     from bitsmith.passes.precision_costs import bits_of
 
@@ -403,7 +415,11 @@ def render(doc: dict) -> str:
         lines += [f"Accuracy budget {b['max_relative_drop']:.0%} ({b['selection_metric']}, chosen on "
                   f"{b['selection_samples']} calibration samples): relative drop on evaluation data "
                   f"**{b['eval_relative_drop']:.4%}** (uniform INT8: {b['uniform_int8_eval_relative_drop']:.4%}), size "
-                  f"**{b['size_relative_to_int8']:.3f}x INT8**, formats {b['formats']}.", ""]
+                  f"**{b['size_relative_to_int8']:.3f}x INT8** (quantizable weights alone: "
+                  f"{b.get('weight_size_relative_to_int8', float('nan')):.3f}x; float parameters "
+                  f"{b.get('float_parameter_bytes', float('nan')) / 1e6:.2f} MB in every configuration), formats {b['formats']}.",
+                  "", "Bisection steps (size, relative drop on the selection data): "
+                  + ", ".join(f"{s['size_bytes'] / 1e6:.2f} MB: {s['relative_drop']:.4f}" for s in b["bisection"]) + ".", ""]
         f = r["format_selection"]
         lines += [f"Format selection by Omega: best 8-bit format per weight {f['best_8bit_counts']}, best 4-bit "
                   f"{f['best_4bit_counts']}; median kurtosis where FP8 wins {f['median_kurtosis_where_fp8_wins']}, "
@@ -411,6 +427,14 @@ def render(doc: dict) -> str:
                   f"E4M3)) = {f['spearman_kurtosis_vs_int8_fp8_error_ratio']:.3f}.", ""]
     lines += ["![Pareto fronts](mixed_precision.png)", ""]
     return "\n".join(lines)
+
+
+def float_bytes(model: str) -> float:
+    """Bytes of the float parameters no weight format changes (biases, norms, embeddings), from the graph."""
+    task = TASKS[model]
+    shapes = zoo.input_shapes(model, task.batch, **({"seq_len": task.seq_len} if task.seq_len else {}))
+    graph = FoldBatchNorm()(import_onnx(zoo.onnx_path(model), shapes))
+    return fixed_bytes(graph, set(weight_points(graph)))
 
 
 def main() -> None:
@@ -427,6 +451,8 @@ def main() -> None:
     for model in args.models:
         with tempfile.TemporaryDirectory(prefix="bitsmith-mp-") as cache:  # measured afresh, reused within the run
             doc["models"][model] = run_task(TASKS[model], Path(cache), lambda m: print(m, flush=True))
+        for name, result in doc["models"].items():
+            _size_relative_to_int8(name, result)
         path.write_text(json.dumps(doc, indent=1))
         (RESULTS / "mixed_precision.md").write_text(render(doc))
         plot(doc, RESULTS / "mixed_precision.png")
