@@ -300,10 +300,13 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _check_member_name(name: str) -> None:
+def _check_member_name(name: str, root: Path | None = None) -> None:
     path = Path(name)
     if path.is_absolute() or ".." in path.parts or not name:
-        raise ArtifactError(f"artifact member name {name!r} is absolute or escapes the artifact directory")
+        if root is None:
+            raise ArtifactError(f"artifact member name {name!r} is absolute or escapes the artifact directory")
+        raise ArtifactError(f"artifact {root}: member name {name!r} is absolute or escapes the artifact directory; "
+                            "refusing to read it. The manifest was tampered with: recompile the artifact")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ def read_verified_manifest(path: str | Path) -> dict[str, Any]:
         if required not in files:
             raise ArtifactError(f"{root / MANIFEST} does not list {required!r} among its hashed files")
     for name, expected in sorted(files.items()):
-        _check_member_name(name)
+        _check_member_name(name, root)
         member = root / name
         if not member.is_file():
             raise ArtifactError(f"artifact {root} is missing {name}; recompile it")

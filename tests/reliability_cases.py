@@ -481,8 +481,8 @@ CASES: list[Case] = [
     _case(disk_full_tmpfs, "output on a 300 KiB tmpfs: writes fail with ENOSPC", "cli", 9, "artifact", "disk is full", "free space"),
     _case(artifact_missing_file, "artifact without its weights file", "cli", 7, "weights.safetensors", "recompile"),
     _case(artifact_modified_file, "one bit flipped in the artifact's library", "cli", 7, "model.so", "SHA-256 mismatch", "recompile"),
-    _case(artifact_member_escapes, "manifest listing ../outside.so", "cli", 7, "../outside.so", "escapes"),
-    _case(artifact_member_absolute, "manifest naming /tmp/evil.so as the library", "cli", 7, "/tmp/evil.so", "absolute"),
+    _case(artifact_member_escapes, "manifest listing ../outside.so", "cli", 7, "../outside.so", "escapes", "recompile"),
+    _case(artifact_member_absolute, "manifest naming /tmp/evil.so as the library", "cli", 7, "/tmp/evil.so", "absolute", "recompile"),
     _case(artifact_manifest_corrupt, "manifest.json cut short", "cli", 7, "manifest.json", "not valid JSON"),
 ]
 
