@@ -72,7 +72,7 @@ class ScheduleCPU:  # pylint: disable=too-few-public-methods
         updates = {}
         for gvar, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and not _is_scheduled(func):
-                scheduled = schedule_prim_func(func, self.cpu)
+                scheduled = schedule_prim_func(func, self.cpu, gvar.name_hint)
                 if scheduled is not None:
                     updates[gvar] = scheduled.with_attr("tirx.is_scheduled", True)
         for gvar, func in updates.items():
@@ -84,17 +84,30 @@ def _is_scheduled(func: tirx.PrimFunc) -> bool:
     return func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"])
 
 
-def schedule_prim_func(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
-    """The scheduled function, or None when no rule applies (the caller keeps the original)."""
+def schedule_prim_func(func: tirx.PrimFunc, cpu: CPUShape, name: str = "") -> tirx.PrimFunc | None:
+    """The scheduled function, or None when no rule applies (the caller keeps the original).
+
+    Logs (DEBUG, logger bitsmith.backends.cpu_schedule) which rule scheduled each PrimFunc, and why
+    the earlier ones did not: the first thing to read when a kernel is slow."""
+    name = name or _func_name(func)
     for rule in (schedule_tiled_reduction, schedule_loops):
         try:
             scheduled = rule(func, cpu)
         except Exception as exc:  # a schedule primitive refused: try the next rule
-            log.debug("rule %s failed: %s", rule.__name__, exc)
+            log.debug("%s: rule %s failed: %s", name, rule.__name__, str(exc).splitlines()[0] if str(exc) else exc)
             continue
         if scheduled is not None:
+            log.debug("%s: scheduled by %s", name, rule.__name__)
             return scheduled
+        log.debug("%s: rule %s does not apply", name, rule.__name__)
+    log.debug("%s: left unscheduled", name)
     return None
+
+
+def _func_name(func: tirx.PrimFunc) -> str:
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        return str(func.attrs["global_symbol"])
+    return "<primfunc>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +232,7 @@ def _anchor_with_neighbours(sch: s_tir.Schedule):
     anchor_name = sch.get(reductions[0]).name_hint
     keep = {anchor_name, *_output_block_names(sch)}
     if _reduction_extent(sch, reductions[0]) > INLINE_PAD_MAX_REDUCTION:
-        keep |= {sch.get(b).name_hint for b in _blocks(sch) if _has_if_then_else(sch, b) and not _is_reduction(sch, b)}
+        keep |= {sch.get(b).name_hint for b in _producers(sch, anchor_name) if _has_if_then_else(sch, b)}
     _inline_producers(sch, keep)
     blocks = _blocks(sch)
     position = [sch.get(b).name_hint for b in blocks].index(anchor_name)
@@ -228,6 +241,13 @@ def _anchor_with_neighbours(sch: s_tir.Schedule):
     if len(blocks) - position > 2 or "O" in kinds or len(sch.get_loops(anchor)) != len(kinds):
         return None
     return anchor, blocks[:position], blocks[position + 1:]
+
+
+def _producers(sch: s_tir.Schedule, anchor_name: str) -> list:
+    """The blocks before the anchor (pads, casts, zero-point subtractions of its inputs). A select in
+    an epilogue block (a quantize's NaN guard) is no pad: it is inlined into the tile like the rest."""
+    blocks = _blocks(sch)
+    return blocks[:[sch.get(b).name_hint for b in blocks].index(anchor_name)]
 
 
 def _plan_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, lanes: int) -> _Tiling | None:

@@ -651,7 +651,9 @@ def emit_depth_to_space(e: _Emitter, node: Node) -> relax.Expr:
 # ---------------------------------------------------------------------------------------------
 # Quantized (integer) ops: exact integer arithmetic, bit for bit the reference (ops.QUANTIZED_OPS)
 # ---------------------------------------------------------------------------------------------
-# Zero points are subtracted in int32 before int32-accumulating convolutions and matmuls
+# A QConv / QMatMul with constant weights of zero point 0 (the usual symmetric int8) multiplies the
+# 8-bit codes directly and folds the input zero point into the bias (_qconv_raw_codes); otherwise zero
+# points are subtracted in int32 before int32-accumulating convolutions and matmuls
 # (out_dtype="int32": exact); requantization is int64 multiply, add and arithmetic right shift. The
 # per-channel operands (multipliers, shifts, scales, biases) must be IR constants: they are read here.
 def _static(e: _Emitter, node: Node, index: int) -> np.ndarray:
@@ -668,6 +670,11 @@ def _broadcast_const(array: np.ndarray, rank: int, axis: int, dtype: str) -> rel
     if array.size == 1:
         return relax.const(array.reshape(()), dtype)
     return relax.const(array.reshape([-1 if d == axis else 1 for d in range(rank)]), dtype)
+
+
+def _wrap_int32(values: np.ndarray) -> np.ndarray:
+    """int64 values reduced modulo 2^32 into int32 (two's complement), as int32 arithmetic wraps."""
+    return np.asarray(values, np.int64).astype(np.uint32).astype(np.int32)
 
 
 def _centered(e: _Emitter, x: relax.Expr, zero_point: int) -> relax.Expr:
@@ -692,9 +699,14 @@ def _requantize(e: _Emitter, acc: relax.Expr, multiplier: np.ndarray | int, shif
     return R.astype(value, attrs["out_dtype"])
 
 
-def _weighted_epilogue(e: _Emitter, node: Node, acc: relax.Expr, rank: int, axis: int) -> relax.Expr:
-    """Bias, then the requantize or float epilogue of QConv / QMatMul (per channel along `axis`)."""
-    acc = R.add(acc, _broadcast_const(_static(e, node, 3), rank, axis, "int32"))
+def _weighted_epilogue(e: _Emitter, node: Node, acc: relax.Expr, rank: int, axis: int,
+                       bias_shift: np.ndarray | None = None) -> relax.Expr:
+    """Bias (plus `bias_shift`, a zero-point correction), then the requantize or float epilogue of
+    QConv / QMatMul (per channel along `axis`). Sums wrap in int32 as the accumulator does."""
+    bias = _static(e, node, 3).astype(np.int64)
+    if bias_shift is not None:
+        bias = np.broadcast_to(bias, bias_shift.shape) + bias_shift
+    acc = R.add(acc, _broadcast_const(_wrap_int32(bias), rank, axis, "int32"))
     if node.attrs["epilogue"] == "float":
         return R.multiply(R.astype(acc, "float32"), _broadcast_const(_static(e, node, 4), rank, axis, "float32"))
     return _requantize(e, acc, _static(e, node, 4), _static(e, node, 5), rank, axis, node.attrs)
@@ -724,8 +736,11 @@ def emit_dequantize_linear(e: _Emitter, node: Node) -> relax.Expr:
 def emit_qconv(e: _Emitter, node: Node) -> relax.Expr:
     rank = _spatial_rank(node, e)
     a = node.attrs
-    x = _centered(e, e.operand(node, 0), int(a["x_zero_point"]))
     w_zero_point = _static(e, node, 2)
+    weights = e.constant_value(node, 1)
+    if weights is not None and not np.any(w_zero_point != 0):
+        return _qconv_raw_codes(e, node, rank, weights)
+    x = _centered(e, e.operand(node, 0), int(a["x_zero_point"]))
     w = R.astype(e.operand(node, 1), "int32")
     if np.any(w_zero_point != 0):
         w = R.subtract(w, _broadcast_const(w_zero_point, rank + 2, 0, "int32"))
@@ -735,15 +750,41 @@ def emit_qconv(e: _Emitter, node: Node) -> relax.Expr:
     return _weighted_epilogue(e, node, e.emit(acc), rank + 2, 1)
 
 
+def _qconv_raw_codes(e: _Emitter, node: Node, rank: int, weights: np.ndarray) -> relax.Expr:
+    """QConv on the 8-bit codes themselves, the input zero point corrected once per output channel.
+
+    sum((x - zx) * w) = sum(x * w) - zx * sum(w): the convolution reads uint8 / int8 codes and int8
+    weights (a quarter of the int32 traffic; the weights stay a packable parameter), and zx * sum(w[c])
+    is folded into the bias at emit time. The input is padded with zx (the code of a real zero), so
+    the correction holds at the borders too. Exact: every term is an integer and int32 wraps alike."""
+    a = node.attrs
+    zero_point = int(a["x_zero_point"])
+    x, pads = e.operand(node, 0), [int(p) for p in a["pads"]]
+    if zero_point and any(pads):
+        widths = [0, 0, 0, 0] + [w for axis in range(rank) for w in (pads[axis], pads[rank + axis])]
+        x, pads = R.nn.pad(x, widths, pad_value=float(zero_point)), [0] * (2 * rank)
+    conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
+    acc = conv(x, e.operand(node, 1), strides=list(a["strides"]), padding=pads, dilation=list(a["dilations"]),
+               groups=int(a["group"]), out_dtype="int32")
+    weight_sums = weights.astype(np.int64).reshape(weights.shape[0], -1).sum(axis=1)
+    return _weighted_epilogue(e, node, e.emit(acc), rank + 2, 1, bias_shift=-zero_point * weight_sums)
+
+
 def emit_qmatmul(e: _Emitter, node: Node) -> relax.Expr:
-    a_centered = _centered(e, e.operand(node, 0), int(node.attrs["a_zero_point"]))
     b_rank = len(e.shape(node.inputs[1]))
     b_zero_point = _static(e, node, 2)
+    rank = len(e.shape(node.outputs[0]))
+    weights = e.constant_value(node, 1)
+    if weights is not None and b_rank == 2 and not np.any(b_zero_point != 0):
+        # as _qconv_raw_codes: codes times int8 weights, zero point corrected by the column sums
+        acc = e.emit(R.matmul(e.operand(node, 0), e.operand(node, 1), out_dtype="int32"))
+        correction = -int(node.attrs["a_zero_point"]) * weights.astype(np.int64).sum(axis=0)
+        return _weighted_epilogue(e, node, acc, rank, rank - 1, bias_shift=correction)
+    a_centered = _centered(e, e.operand(node, 0), int(node.attrs["a_zero_point"]))
     b = R.astype(e.operand(node, 1), "int32")
     if np.any(b_zero_point != 0):
         b = R.subtract(b, _broadcast_const(b_zero_point, b_rank, b_rank - 1, "int32"))
     acc = e.emit(R.matmul(a_centered, b, out_dtype="int32"))
-    rank = len(e.shape(node.outputs[0]))
     return _weighted_epilogue(e, node, acc, rank, rank - 1)
 
 
