@@ -8,7 +8,8 @@ The steps, each a pass in bitsmith.passes:
 2. Omega = Tr(H)/n * ||Q(W) - W||^2 for every weight and every candidate the target allows
    (precision_costs.candidates_for), with the same quantizer the recipe will use, so that format
    selection (INT vs FP, per channel vs block) follows from each real tensor's error, not a rule;
-3. interlayer: measured interactions of neighbouring layers at low precision;
+3. interlayer: measured interactions of neighbouring layers at low precision, entered into the ILP as
+   the pair's relative interaction times the Hessian's prediction for the pair (`_pair_term`);
 4. assign_precision: the ILP (scipy.optimize.milp) minimizing predicted loss within the budget
    (size, BOPs, latency); the Pareto front of size against predicted loss comes with it;
 5. with `Constraints.max_metric_drop`: bisection over the size budget for the cheapest assignment
@@ -292,11 +293,14 @@ def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activatio
         problem_groups.append(Group(names, omega, costs, low))
     pairs: dict[tuple[int, int], float] = {}
     if analysis.interactions is not None and low_index is not None:
+        degree: dict[str, int] = {}
+        for pair in analysis.interactions.pair:
+            for name in pair:
+                degree[name] = degree.get(name, 0) + 1
         for (a, b) in analysis.interactions.pair:
             key = (index_of[a], index_of[b])
             if key[0] != key[1]:
-                predicted = 0.5 * (_omega(analysis, a)[low_index] + _omega(analysis, b)[low_index])
-                pairs[key] = pairs.get(key, 0.0) + _relative_interaction(analysis.interactions, a, b) * predicted
+                pairs[key] = pairs.get(key, 0.0) + _pair_term(analysis, a, b, low_index, degree)
     fixed = {"size_bytes": fixed_bytes(analysis.graph, set(analysis.points))}
     return Problem(problem_groups, [(a, b, v) for (a, b), v in pairs.items()], fixed), groups
 
@@ -307,6 +311,18 @@ def _relative_interaction(found: Interactions, a: str, b: str) -> float:
     measured and predicted losses are never mixed in one sum."""
     parts = found.single[a] + found.single[b]
     return found.interaction(a, b) / parts if parts > 0 else 0.0
+
+
+def _pair_term(analysis: PrecisionAnalysis, a: str, b: str, low: int, degree: Mapping[str, int]) -> float:
+    """The pair's term in the ILP objective: its relative interaction times the Hessian's prediction for
+    the two layers at the low candidate. A negative (error-cancelling) interaction claims only a
+    1/degree share of each layer's prediction, so that however many of a layer's pairs are low, the
+    predicted loss never drops below zero."""
+    relative = _relative_interaction(analysis.interactions, a, b)
+    omega_a, omega_b = _omega(analysis, a)[low], _omega(analysis, b)[low]
+    if relative < 0:
+        return relative * 0.5 * (omega_a / degree[a] + omega_b / degree[b])
+    return relative * 0.5 * (omega_a + omega_b)
 
 
 def _omega(analysis: PrecisionAnalysis, name: str) -> np.ndarray:

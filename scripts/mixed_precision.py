@@ -69,8 +69,8 @@ class Task:
 
 
 TASKS = {
-    "mobilenet_v2": Task("mobilenet_v2", 8, 2, 8, 32, 8, None, 8, "kl"),
-    "minilm_l6": Task("minilm_l6", 8, 2, 8, 32, 8, 128, 8, "cosine"),
+    "mobilenet_v2": Task("mobilenet_v2", 8, 2, 8, 20, 8, None, 8, "kl"),
+    "minilm_l6": Task("minilm_l6", 8, 2, 8, 20, 8, 128, 8, "cosine"),
 }
 
 

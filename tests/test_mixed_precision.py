@@ -160,6 +160,7 @@ def test_plan_respects_the_size_budget_and_returns_a_pareto_front(tmp_path):
     sizes = [p["size_bytes"] for p in plan.pareto]
     losses = [p["predicted_loss"] for p in plan.pareto]
     assert sizes == sorted(sizes) and losses == sorted(losses, reverse=True) and len(plan.pareto) >= 3
+    assert min(losses) >= 0 and plan.interactions  # interactions never predict a gain over FP32
     assert plan.seconds["ilp_seconds"] < 5
     json.dumps(plan.to_json())
 
