@@ -1,0 +1,287 @@
+"""Evidence for x86 speed: bitsmith FP32 and INT8 artifacts against ONNX Runtime FP32 and INT8.
+
+For each case (MobileNetV2 batch 1 and 8, MiniLM-L6 seq 128 batch 1 and 8, PP-OCRv4 det batch 1) the
+script compiles, for the host target, the FP32 model and its W8A8 version (`recipe="w8a8"`, calibrated
+on the zoo's calibration split), and quantizes the ONNX model with ONNX Runtime's quantize_static (QDQ,
+per-channel, uint8 activations / int8 weights, MinMax, on the same calibration feeds). Then, for 1 and
+2 threads, it times the four contenders on one real evaluation input, alternating run by run
+(bitsmith.measure.time_alternating), ONNX Runtime without spin-waiting (`ort_session(spin=False)`),
+and reports medians. TVM's thread pool cannot be resized once used, so each thread count is timed in
+a child process (`--time-threads N`) that loads the artifacts compiled by the parent.
+
+Compile time is "templates only": bitsmith's default CPU schedules (backends/cpu_schedule.py), no
+tuning. The host is shared: the load average before and after each timing is recorded next to it.
+
+Writes docs/results/x86_speed.json and .md. Re-run: `.venv/bin/python scripts/x86_speed.py`
+(about 10-15 min on 2 busy cores; `--cases mobilenet_v2-b1` for one case, `--repeat` for more runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx.version_converter
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results"
+THREADS = (1, 2)
+CALIBRATION_FEEDS = 4
+PER_CHANNEL_MIN_OPSET = 13
+# The issue's goal: bitsmith INT8 at most half of ORT FP32's time and no slower than ORT INT8.
+GOAL_VS_ORT_FP32 = 0.5
+GOAL_VS_ORT_INT8 = 1.0
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-b{self.batch}"
+
+
+CASES = [Case("mobilenet_v2", 1), Case("mobilenet_v2", 8), Case("minilm_l6", 1), Case("minilm_l6", 8),
+         Case("ppocr_det", 1)]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="*", default=[c.name for c in CASES])
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs of each contender after warm-up")
+    parser.add_argument("--workdir", type=Path, help="where artifacts and ORT models go (default: a temporary one)")
+    parser.add_argument("--time-threads", type=int, help=argparse.SUPPRESS)  # child process: time only
+    return parser.parse_args()
+
+
+# -- compile (parent) --------------------------------------------------------------------------------
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def ort_int8_model(case: Case, calibration: list, workdir: Path) -> Path:
+    """ONNX Runtime's own static INT8 (QDQ, per-channel), as scripts/quant_accuracy.py makes it. A model
+    below opset 13 (PP-OCRv4 det: 12) is converted to 13 first: per-channel DequantizeLinear (its `axis`)
+    needs it, and quantize_static writes an invalid model otherwise."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from bitsmith import zoo
+
+    source = zoo.onnx_path(case.model)
+    model = onnx.load(str(source))
+    if _default_opset(model) < PER_CHANNEL_MIN_OPSET:
+        source = workdir / f"{case.name}_opset{PER_CHANNEL_MIN_OPSET}.onnx"
+        onnx.save(onnx.version_converter.convert_version(model, PER_CHANNEL_MIN_OPSET), str(source))
+    prepared = workdir / f"{case.name}_prep.onnx"
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    out = workdir / f"{case.name}_ort_int8.onnx"
+
+    class Reader:
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    def run(extra_options: dict) -> None:
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, extra_options=extra_options)
+
+    try:
+        run({})
+    except ValueError:  # ORT 1.31's int32-bias weight adjustment fails on some per-channel convs
+        run({"QDQDisableWeightAdjustForInt32Bias": True})
+    return out
+
+
+def compile_case(case: Case, workdir: Path) -> dict:
+    """Build the two bitsmith artifacts and the ORT INT8 model of a case; their paths and compile times."""
+    import bitsmith
+    from bitsmith import zoo
+
+    shapes = zoo.input_shapes(case.model, batch=case.batch)
+    calibration = zoo.inputs(case.model, CALIBRATION_FEEDS, batch=case.batch, split="calib")
+    record: dict = {"case": case.name, "model": case.model, "batch": case.batch, "input_shapes": shapes}
+    for kind, recipe in (("fp32", None), ("int8", "w8a8")):
+        start = time.perf_counter()
+        try:
+            bitsmith.compile(zoo.onnx_path(case.model), "host", recipe=recipe,
+                             calibration=calibration if recipe else None, input_shapes=shapes,
+                             output_dir=workdir / f"{case.name}-{kind}", quiet=True)
+            record[f"bitsmith_{kind}_artifact"] = str(workdir / f"{case.name}-{kind}")
+        except bitsmith.BitsmithError as exc:
+            record[f"bitsmith_{kind}_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        record[f"bitsmith_{kind}_compile_s"] = round(time.perf_counter() - start, 1)
+    batch1 = zoo.inputs(case.model, CALIBRATION_FEEDS, batch=1, split="calib")
+    record["ort_int8_model"] = str(ort_int8_model(case, batch1, workdir))
+    return record
+
+
+# -- time (child) --------------------------------------------------------------------------------------
+def time_case(record: dict, threads: int, repeat: int) -> dict:
+    """Medians of the four contenders on one evaluation input, alternating run by run."""
+    import bitsmith
+    from bitsmith import zoo
+    from bitsmith.measure import median, ort_session, time_alternating
+
+    feed = zoo.inputs(record["model"], 1, batch=record["batch"], split="eval")[0]
+    contenders, errors = {}, {}
+    for kind in ("fp32", "int8"):
+        if f"bitsmith_{kind}_artifact" in record:
+            artifact = bitsmith.Artifact.load(record[f"bitsmith_{kind}_artifact"])
+            args = artifact._runner.prepare(artifact._ordered_inputs(feed), artifact._params)
+            contenders[f"bitsmith_{kind}"] = (lambda main, args: lambda: main(*args))(artifact._runner._main, args)
+    for kind, path in (("fp32", zoo.onnx_path(record["model"])), ("int8", record["ort_int8_model"])):
+        try:
+            session = ort_session(path, threads=threads, spin=False)
+            names = [o.name for o in session.get_outputs()]
+            session.run(names, feed)
+        except Exception as exc:  # recorded; the other contenders are still timed
+            errors[f"ort_{kind}_error"] = f"{type(exc).__name__}: {exc}"[:1000]
+            continue
+        contenders[f"ort_{kind}"] = (lambda s, n: lambda: s.run(n, feed))(session, names)
+    load_before = os.getloadavg()[0]
+    times = time_alternating(contenders, repeat=repeat, warmup=3)
+    result = {f"{name}_ms": round(median(values), 3) for name, values in times.items()}
+    result.update(errors)
+    result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return result
+
+
+def child_main(args: argparse.Namespace) -> None:
+    from bitsmith.backends.runner import configure_threads
+
+    configure_threads(args.time_threads)  # before any TVM work: the pool cannot be resized later
+    records = json.loads((args.workdir / "compiled.json").read_text())
+    timings = {}
+    for record in records:
+        try:
+            timings[record["case"]] = time_case(record, args.time_threads, args.repeat)
+        except Exception as exc:  # a case that fails to run is reported, the others still timed
+            timings[record["case"]] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            traceback.print_exc()
+        print(f"  {args.time_threads} thread(s) {record['case']}: {timings[record['case']]}", flush=True)
+    (args.workdir / f"timings-{args.time_threads}.json").write_text(json.dumps(timings, indent=1))
+
+
+# -- report ----------------------------------------------------------------------------------------------
+def ratios(timing: dict) -> dict:
+    def ratio(a: str, b: str) -> float | None:
+        return round(timing[a] / timing[b], 3) if a in timing and b in timing else None
+
+    return {"int8_vs_ort_fp32": ratio("bitsmith_int8_ms", "ort_fp32_ms"),
+            "int8_vs_ort_int8": ratio("bitsmith_int8_ms", "ort_int8_ms"),
+            "fp32_vs_ort_fp32": ratio("bitsmith_fp32_ms", "ort_fp32_ms"),
+            "int8_vs_bitsmith_fp32": ratio("bitsmith_int8_ms", "bitsmith_fp32_ms")}
+
+
+def render(doc: dict) -> str:
+    lines = ["# x86 speed: bitsmith FP32 / INT8 against ONNX Runtime FP32 / INT8", "",
+             "Written by `scripts/x86_speed.py` (re-run it to regenerate). Host target "
+             f"`{doc['target']}`, {doc['cpu']}; ONNX Runtime {doc['onnxruntime']}. Median ms of "
+             f"{doc['repeat']} alternating runs after 3 warm-up runs, one real evaluation input, the same thread "
+             "count for every contender. ORT INT8: quantize_static, QDQ, per-channel, MinMax. bitsmith INT8: "
+             "`recipe=\"w8a8\"`, integer-lowered. Goal: INT8 <= "
+             f"{GOAL_VS_ORT_FP32} x ORT FP32 and <= {GOAL_VS_ORT_INT8} x ORT INT8. The host is shared: load "
+             "average (1 min, before / after) beside each row.", "",
+             "| case | threads | bitsmith FP32 | bitsmith INT8 | ORT FP32 | ORT INT8 | INT8 / ORT FP32 | "
+             "INT8 / ORT INT8 | FP32 / ORT FP32 | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for case in doc["cases"]:
+        for threads, timing in case["timings"].items():
+            if "error" in timing:
+                lines.append(f"| {case['case']} | {threads} | error: {timing['error'][:120]} | | | | | | | |")
+                continue
+            r = timing["ratios"]
+
+            def cell(key: str) -> str:
+                return f"{timing[key]:.2f}" if key in timing else "—"
+
+            def rcell(key: str) -> str:
+                return f"{r[key]:.2f}" if r[key] is not None else "—"
+
+            lines.append(f"| {case['case']} | {threads} | {cell('bitsmith_fp32_ms')} | {cell('bitsmith_int8_ms')} | "
+                         f"{cell('ort_fp32_ms')} | {cell('ort_int8_ms')} | {rcell('int8_vs_ort_fp32')} | "
+                         f"{rcell('int8_vs_ort_int8')} | {rcell('fp32_vs_ort_fp32')} | {timing['load_average']} |")
+    lines += ["", "## Compile time (templates only: default schedules, no tuning)", "",
+              "| case | bitsmith FP32 s | bitsmith INT8 s (incl. calibration, quantization) |", "|---|---|---|"]
+    for case in doc["cases"]:
+        lines.append(f"| {case['case']} | {case['bitsmith_fp32_compile_s']} | {case['bitsmith_int8_compile_s']} |")
+    errors = [(c["case"], k, c[k]) for c in doc["cases"] for k in ("bitsmith_fp32_error", "bitsmith_int8_error") if k in c]
+    errors += [(c["case"], k, t[k]) for c in doc["cases"] for t in list(c["timings"].values())[:1]
+               for k in ("ort_fp32_error", "ort_int8_error") if k in t]
+    if errors:
+        lines += ["", "## Contenders that did not build or run", ""]
+        lines += [f"- {name}, {key.removesuffix('_error')}: {message}" for name, key, message in errors]
+    lines += ["", f"Load average at start / end: {doc['load_average']}.", ""]
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.time_threads:
+        child_main(args)
+        return
+    import onnxruntime
+
+    import bitsmith
+    from bitsmith.targets import load
+
+    selected = [c for c in CASES if c.name in args.cases]
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bitsmith-x86-speed-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        records = []
+        for case in selected:
+            records.append(compile_case(case, workdir))
+            print(f"compiled {case.name}: fp32 {records[-1]['bitsmith_fp32_compile_s']} s, "
+                  f"int8 {records[-1]['bitsmith_int8_compile_s']} s", flush=True)
+        (workdir / "compiled.json").write_text(json.dumps(records, indent=1))
+        for threads in THREADS:
+            subprocess.run([sys.executable, __file__, "--time-threads", str(threads), "--repeat", str(args.repeat),
+                            "--workdir", str(workdir)], check=True)
+        timings = {t: json.loads((workdir / f"timings-{t}.json").read_text()) for t in THREADS}
+    cases = []
+    for record in records:
+        entry = {k: v for k, v in record.items() if not k.endswith(("_artifact", "_model"))}
+        entry["timings"] = {}
+        for threads in THREADS:
+            timing = timings[threads][record["case"]]
+            if "error" not in timing:
+                timing["ratios"] = ratios(timing)
+            entry["timings"][str(threads)] = timing
+        cases.append(entry)
+    doc = {"target": load("host").name, "cpu": cpu_name(),
+           "cpu_count": len(os.sched_getaffinity(0)), "onnxruntime": onnxruntime.__version__,
+           "bitsmith_version": bitsmith.__version__, "repeat": args.repeat, "threads": list(THREADS),
+           "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)], "cases": cases}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "x86_speed.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (RESULTS / "x86_speed.md").write_text(render(doc))
+    print(render(doc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The x86 kernels of quantized graphs: which schedule each gets, how it reads its operands, and that it
+stays exact.
+
+- a float MatMul whose output is quantized (a layer left in FP32 inside a W8A8 graph: its epilogue is a
+  fused QuantizeLinear with a NaN guard) gets the tiled-reduction schedule, as in FP32 artifacts;
+- QMatMul / QConv with constant int8 weights read the 8-bit codes and the int8 weights directly (no
+  int32 copies), the weights packed into panels, and the input zero point folded into the bias;
+- those kernels equal the integer reference bit for bit at the extremes of the codes (every x = 255 or 0,
+  every w = -128 or 127), where the folded correction zx * sum(w) is largest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tvm
+from tvm import tirx
+
+from bitsmith.backends import x86
+from bitsmith.backends.relax_emit import emit_relax
+from bitsmith.ir import Graph, Node, verify
+from bitsmith.ops import OPS
+from bitsmith.targets import load
+from test_integer_lowering import assert_bit_exact, codes, one_node, requant_attrs, requant_constants
+
+SCHEDULE_LOG = "bitsmith.backends.cpu_schedule"
+
+
+def scheduled(graph: Graph, caplog) -> tuple[tvm.IRModule, dict[str, str]]:
+    """The module after ScheduleCPU and {PrimFunc name: the rule that scheduled it}."""
+    target = load("x86-avx2")
+    caplog.set_level(logging.DEBUG, logger=SCHEDULE_LOG)
+    with x86.tvm_target(target):
+        mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
+    rules = {}
+    for record in caplog.records:
+        if record.name == SCHEDULE_LOG and ": scheduled by " in record.getMessage():
+            name, rule = record.getMessage().split(": scheduled by ")
+            rules[name] = rule
+    return mod, rules
+
+
+def reduction_kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    """{name as ScheduleCPU saw it (before weight packing renamed it "..._prepacked"): PrimFunc}."""
+    return {gv.name_hint.removesuffix("_prepacked"): f for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc) and ("matmul" in gv.name_hint or "conv" in gv.name_hint)
+            and not gv.name_hint.endswith("_weight_prepack")}
+
+
+def param_dtypes(func: tirx.PrimFunc) -> list[str]:
+    return [str(p.dtype) for p in func.params]
+
+
+def float_matmul_then_quantize() -> Graph:
+    """x float [64, 96] -> MatMul(W [96, 48]) -> QuantizeLinear (uint8): a float layer of a W8A8 graph."""
+    rng = np.random.default_rng(0)
+    graph = Graph(name="float_matmul_quantized")
+    graph.add_value("x", (64, 96), "float32")
+    graph.inputs.append("x")
+    graph.add_constant("w", rng.normal(0, 0.1, (96, 48)).astype(np.float32))
+    graph.add_constant("scale", np.array(0.05, np.float32))
+    graph.add_constant("zero_point", np.array(128, np.int32))
+    graph.add_value("y_float", (64, 48), "float32")
+    graph.add_value("y", (64, 48), "uint8")
+    graph.nodes.append(Node("MatMul", "matmul", ["x", "w"], ["y_float"], {}))
+    graph.nodes.append(Node("QuantizeLinear", "quantize", ["y_float", "scale", "zero_point"], ["y"],
+                            {"axis": 0, "dtype": "uint8", "qmin": 0, "qmax": 255}))
+    graph.outputs = ["y"]
+    verify(graph, OPS)
+    return graph
+
+
+def qmatmul(a: np.ndarray, b: np.ndarray, a_zero_point: int) -> Graph:
+    n = b.shape[1]
+    constants = {"b": b, "b_zero_point": np.array(0, np.int32), "bias": np.arange(n, dtype=np.int32) * 37 - 500,
+                 **requant_constants(n)}
+    return one_node("QMatMul", {"a": a}, {"a_zero_point": a_zero_point, **requant_attrs()}, constants)
+
+
+def qconv(x: np.ndarray, w: np.ndarray, x_zero_point: int, pads: list[int]) -> Graph:
+    attrs = {"strides": [1, 1], "pads": pads, "dilations": [1, 1], "group": 1, "x_zero_point": x_zero_point,
+             **requant_attrs()}
+    constants = {"w": w, "w_zero_point": np.array(0, np.int32), "bias": np.zeros(w.shape[0], np.int32),
+                 **requant_constants(w.shape[0])}
+    return one_node("QConv", {"x": x}, attrs, constants)
+
+
+def test_a_float_matmul_with_a_quantized_output_gets_the_tiled_schedule(caplog):
+    mod, rules = scheduled(float_matmul_then_quantize(), caplog)
+    (name,) = reduction_kernels(mod)
+    assert rules[name] == "schedule_tiled_reduction"
+
+
+def test_qmatmul_reads_codes_and_packed_int8_weights(caplog):
+    mod, rules = scheduled(qmatmul(codes(32, 96), codes(96, 64, dtype="int8"), a_zero_point=128), caplog)
+    kernels = reduction_kernels(mod)
+    assert len(kernels) == 1
+    name, func = next(iter(kernels.items()))
+    assert rules[name] == "schedule_tiled_reduction"
+    dtypes = param_dtypes(func)
+    assert dtypes[:2] == ["uint8", "int8"]  # no int32 copy of either operand
+    packed = [int(d) for d in func.params[1].shape]
+    assert packed != [96, 64] and packed[-1] == 8  # panels of one AVX2 int32 vector (8 columns) per k
+
+
+def test_qconv_reads_codes_and_int8_weights(caplog):
+    graph = qconv(codes(1, 16, 10, 10), codes(32, 16, 3, 3, dtype="int8"), x_zero_point=117, pads=[1, 1, 1, 1])
+    mod, rules = scheduled(graph, caplog)
+    convs = {n: f for n, f in reduction_kernels(mod).items() if "conv" in n}
+    assert len(convs) == 1
+    name, func = next(iter(convs.items()))
+    assert rules[name] == "schedule_tiled_reduction"
+    assert {"uint8", "int8"} <= set(param_dtypes(func)) and "int32" not in param_dtypes(func)[:2]
+
+
+@pytest.mark.parametrize("x_value,w_value,zero_point", [(255, -128, 0), (0, 127, 255), (255, 127, 128)])
+def test_qmatmul_at_extreme_codes_equals_the_reference(tmp_path, x_value, w_value, zero_point):
+    a = np.full((4, 384), x_value, np.uint8)
+    b = np.full((384, 16), w_value, np.int8)
+    b[::7] = -b[::7] - 1 if w_value < 0 else -b[::7]
+    assert_bit_exact(qmatmul(a, b, zero_point), {"a": a}, tmp_path)
+
+
+@pytest.mark.parametrize("zero_point,pads", [(0, [1, 1, 1, 1]), (255, [2, 0, 1, 3])])
+def test_qconv_at_extreme_codes_equals_the_reference(tmp_path, zero_point, pads):
+    x = np.full((1, 8, 6, 6), 255 - zero_point, np.uint8)
+    x[0, :, ::2] = zero_point
+    w = np.full((8, 8, 3, 3), -128, np.int8)
+    w[:, :, 1] = 127
+    assert_bit_exact(qconv(x, w, zero_point, pads), {"x": x}, tmp_path)
