@@ -12,7 +12,10 @@ schedules each PrimFunc with the first rule that applies:
    fused elementwise epilogue (bias, activation, residual add) is computed per tile. Producers that
    only copy are inlined; real pads stay a separate padded copy unless the reduction is short
    (depthwise convolution, pooling). The weights are re-laid out in the order the tile loops read
-   them (`pack_weights`, a once-per-weight-set transform: see x86.py).
+   them (`pack_weights`, a once-per-weight-set transform: see x86.py). On a CPU with an int8 dot
+   product (`CPUShape.dot_u8i8`: AVX-512 VNNI), a uint8 x int8 -> int32 reduction (QConv, QMatMul)
+   splits 4 reduction steps under 16 columns and runs them as one vpdpbusd (x86_intrinsics.py); the
+   packed weights then hold 16 x 4 byte blocks.
 2. **every block on its own** (elementwise, transposes, gathers, softmax, norms, other reductions):
    injective blocks run their outer loops in parallel and the innermost loop in vectors; a
    reduction over the innermost axis accumulates a vector of partial results (rfactor) and reduces
@@ -51,6 +54,7 @@ class CPUShape:
 
     vector_bits: int = 256
     vector_registers: int = 16
+    dot_u8i8: str | None = None  # a registered TVM tensor intrinsic for the 16x4 u8 x i8 dot product
 
     def lanes(self, dtype_bits: int) -> int:
         return max(self.vector_bits // dtype_bits, 1)
@@ -196,12 +200,28 @@ class _Tiling:
 
 
 def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
-    """Rule 1 (see the module docstring); None when the function has no suitable anchor block."""
+    """Rule 1 (see the module docstring); None when the function has no suitable anchor block.
+
+    On a CPU with VNNI, a uint8 x int8 -> int32 reduction first tries the tiled schedule with its
+    inner 16 columns x 4 reduction steps as one vpdpbusd (`_tiled_reduction(dot_u8i8=True)`)."""
+    if cpu.dot_u8i8 is not None:
+        try:
+            scheduled = _tiled_reduction(func, cpu, dot_u8i8=True)
+            if scheduled is not None:
+                return scheduled
+        except Exception as exc:  # no match for the intrinsic: the plain tiled schedule
+            log.debug("u8 x i8 dot product not applied: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    return _tiled_reduction(func, cpu, dot_u8i8=False)
+
+
+def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot_u8i8: bool) -> tirx.PrimFunc | None:
     sch = s_tir.Schedule(func)
     parts = _anchor_with_neighbours(sch)
     if parts is None:
         return None
     anchor, producers, consumers = parts
+    if dot_u8i8 and not _is_u8i8_dot(sch, anchor):
+        return None
     loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
     lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
     tiling = None if loop_of_iter is None else _plan_tiling(sch, anchor, loop_of_iter, cpu, lanes)
@@ -209,18 +229,51 @@ def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFun
         return None
     work = _total_work(sch, anchor)
     tile_outer, tile_inner, reduce = _tile_loops(sch, anchor, loop_of_iter, tiling)
+    if dot_u8i8:
+        if tiling.cols_tile % DOT_LANES or (_extent(sch, reduce[-1]) or 1) % DOT_DEPTH:
+            return None
+        reduce_outer, reduce_lane = sch.split(reduce[-1], factors=[None, DOT_DEPTH])
+        reduce = reduce[:-1] + [reduce_outer]
+        cols_repeat, cols_lanes = sch.split(tile_inner[-1], factors=[None, DOT_LANES])
+        sch.reorder(*tile_inner[:-1], cols_repeat, cols_lanes, reduce_lane)
     tiled_epilogue = bool(consumers) and _same_output_shape(sch, anchor, consumers[0])
     _place_epilogue(sch, anchor, consumers[0] if tiled_epilogue else None, tile_outer, lanes)
     if tiling.rows_var is not None:
         sch.unroll(tile_inner[0])
-    _vectorize_in_registers(sch, tile_inner[-1], tiling.cols_tile, lanes)
+    if dot_u8i8:
+        sch.unroll(cols_repeat)
+    else:
+        _vectorize_in_registers(sch, tile_inner[-1], tiling.cols_tile, lanes)
     if work >= PARALLEL_MIN_WORK:
         sch.parallel(sch.fuse(*tile_outer))
     if reduce:  # after parallel: a decomposed update block no longer passes the parallel check
         _vectorize_tile(sch, sch.decompose_reduction(anchor, reduce[0]), 1, lanes)
     for block in producers + ([] if tiled_epilogue else consumers):
         _parallel_vectorize(sch, block, lanes)
-    return pack_weights(sch.mod["main"])
+    packed = pack_weights(sch.mod["main"])
+    return _tensorize_dot(packed, sch.get(anchor).name_hint, cpu.dot_u8i8) if dot_u8i8 else packed  # anchor: the update block
+
+
+# The u8 x i8 -> i32 dot-product instruction: 16 int32 lanes, each summing 4 byte products (vpdpbusd).
+DOT_LANES = 16
+DOT_DEPTH = 4
+
+
+def _is_u8i8_dot(sch: s_tir.Schedule, block) -> bool:
+    """Whether the block accumulates int32 products of a uint8 and an int8 operand (QConv / QMatMul)."""
+    stmt = sch.get(block)
+    dtypes = [str(r.source.dtype) for r in stmt.reads]
+    return str(stmt.writes[0].source.dtype) == "int32" and "uint8" in dtypes and "int8" in dtypes
+
+
+def _tensorize_dot(func: tirx.PrimFunc, anchor_name: str, intrinsic: str) -> tirx.PrimFunc:
+    """Replace the [16 columns x 4 reduction steps] innermost loops of the update block by `intrinsic`."""
+    from . import x86_intrinsics  # noqa: F401  (registers the intrinsics)
+
+    sch = s_tir.Schedule(func)
+    update = sch.get_sblock(anchor_name)
+    sch.tensorize(sch.get_loops(update)[-2], intrinsic)
+    return sch.mod["main"]
 
 
 def _anchor_with_neighbours(sch: s_tir.Schedule):

@@ -48,9 +48,17 @@ def tvm_target(target: Target | str) -> tvm.target.Target:
     return tvm.target.Target(dict(target.tvm_target))
 
 
+# The VNNI instruction vpdpbusd sums four uint8 x int8 products into each int32 lane without
+# intermediate saturation, so it is exact (AVX2's pmaddubsw saturates int16 pairs: not exact).
+VNNI_DOT = "bitsmith_dot_16x4_u8i8i32_vnni_local"  # x86_intrinsics.DOT_16X4_VNNI
+
+
 def cpu_shape(target: Target) -> CPUShape:
-    """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16)."""
-    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if target.vector_bits >= 512 else 16)
+    """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16),
+    and the int8 dot-product intrinsic where the target has VNNI."""
+    vnni = "avx512_vnni" in target.host_features and target.vector_bits >= 512
+    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if target.vector_bits >= 512 else 16,
+                    dot_u8i8=VNNI_DOT if vnni else None)
 
 
 # Convolutions run in NHWC: the output channel is contiguous, so the tiled-reduction schedule

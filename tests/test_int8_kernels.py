@@ -130,3 +130,15 @@ def test_qconv_at_extreme_codes_equals_the_reference(tmp_path, zero_point, pads)
     w = np.full((8, 8, 3, 3), -128, np.int8)
     w[:, :, 1] = 127
     assert_bit_exact(qconv(x, w, zero_point, pads), {"x": x}, tmp_path)
+
+
+def test_on_avx512_vnni_the_int8_reductions_use_vpdpbusd(caplog):
+    """x86-avx512 (VNNI): the 16 columns x 4 reduction steps innermost become one vpdpbusd; the
+    extreme-code tests above run it on the host when the host has VNNI (exact: no saturation)."""
+    target = load("x86-avx512")
+    graphs = [qmatmul(codes(32, 96), codes(96, 64, dtype="int8"), a_zero_point=128),
+              qconv(codes(1, 16, 10, 10), codes(32, 16, 3, 3, dtype="int8"), x_zero_point=117, pads=[1, 1, 1, 1])]
+    for graph in graphs:
+        with x86.tvm_target(target):
+            mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
+        assert "llvm.x86.avx512.vpdpbusd.512" in mod.script()
