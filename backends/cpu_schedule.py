@@ -251,7 +251,7 @@ def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot_u8i8: bool) -> tirx
     for block in producers + ([] if tiled_epilogue else consumers):
         _parallel_vectorize(sch, block, lanes)
     packed = pack_weights(sch.mod["main"])
-    return _tensorize_dot(packed, sch.get(anchor).name_hint, cpu.dot_u8i8) if dot_u8i8 else packed  # anchor: the update block
+    return _tensorize_dot(packed, sch.get(anchor).name_hint, cpu.dot_u8i8) if cpu.dot_u8i8 and dot_u8i8 else packed  # anchor: the update block
 
 
 # The u8 x i8 -> i32 dot-product instruction: 16 int32 lanes, each summing 4 byte products (vpdpbusd).

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="valid-type"
+# (TVMScript buffer declarations are annotations that only TVM's parser reads.)
 """x86 tensor intrinsics for the tiled-reduction schedule (cpu_schedule.py): the int8 dot product.
 
 `DOT_16X4_VNNI`: 16 int32 accumulators, each += the sum of 4 uint8 x int8 products, as one AVX-512

@@ -318,6 +318,7 @@ def _pair_term(analysis: PrecisionAnalysis, a: str, b: str, low: int, degree: Ma
     the two layers at the low candidate. A negative (error-cancelling) interaction claims only a
     1/degree share of each layer's prediction, so that however many of a layer's pairs are low, the
     predicted loss never drops below zero."""
+    assert analysis.interactions is not None  # called only when interactions were measured
     relative = _relative_interaction(analysis.interactions, a, b)
     omega_a, omega_b = _omega(analysis, a)[low], _omega(analysis, b)[low]
     if relative < 0:
