@@ -770,6 +770,70 @@ def _qconv_raw_codes(e: _Emitter, node: Node, rank: int, weights: np.ndarray) ->
     return _weighted_epilogue(e, node, e.emit(acc), rank + 2, 1, bias_shift=-zero_point * weight_sums)
 
 
+def emit_qconv_transpose(e: _Emitter, node: Node) -> relax.Expr:
+    """QConvTranspose as the float ConvTranspose's sub-pixel convolution (`_sub_pixel_conv_transpose`) on
+    codes with int32 accumulation, then QConv's epilogue per output channel.
+
+    With constant weights of zero point 0 the convolution reads the codes themselves, the input padded
+    with its zero point's code, and each phase channel's zx * (sum of its weight taps) is subtracted
+    (as `_qconv_raw_codes`); otherwise it convolves int32 x - zx with int32 w - zw. Positions that
+    output_padding adds receive no products: their accumulator is 0, then the bias."""
+    rank = _spatial_rank(node, e)
+    a = node.attrs
+    if any(int(d) != 1 for d in a["dilations"]):
+        raise UnsupportedError(f"node {node.name!r} (QConvTranspose): dilations {list(a['dilations'])}; "
+                               "the integer ConvTranspose supports dilation 1 only")
+    x_shape, (c_in, o_group, *kernel) = e.shape(node.inputs[0]), e.shape(node.inputs[1])
+    groups, strides = int(a["group"]), [int(v) for v in a["strides"]]
+    taps = [-(-k // s) for k, s in zip(kernel, strides)]
+    zero_point, w_zero_point = int(a["x_zero_point"]), _static(e, node, 2).astype(np.int64).reshape(-1)
+    weights = e.constant_value(node, 1)
+    raw = weights is not None and not np.any(w_zero_point != 0)
+    if raw:
+        x, w, padding = e.operand(node, 0), e.operand(node, 1), [0] * (2 * rank)
+        if any(m > 1 for m in taps):
+            x = R.nn.pad(x, [0, 0, 0, 0] + [width for m in taps for width in (m - 1, m - 1)], pad_value=float(zero_point))
+    else:
+        x, padding = _centered(e, e.operand(node, 0), zero_point), [m - 1 for m in taps] * 2
+        w = _transpose_weights_centered(e, e.operand(node, 1), w_zero_point, groups, c_in, o_group, kernel)
+    weight = _sub_pixel_weight(e, w, groups, c_in, o_group, kernel, strides, taps)
+    conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
+    phases = conv(x, weight, strides=[1] * rank, padding=padding, dilation=[1] * rank, groups=groups,
+                  out_dtype="int32")
+    if raw and zero_point:
+        sums = _phase_weight_sums(np.asarray(weights), groups, strides, taps)
+        phases = R.add(e.emit(phases), _broadcast_const(_wrap_int32(-zero_point * sums), rank + 2, 1, "int32"))
+    spatial = [x_shape[2 + i] + taps[i] - 1 for i in range(rank)]
+    interleaved = _interleave_phases(e, e.emit(phases), x_shape[0], groups * o_group, strides, spatial)
+    acc = _crop_to_output(e, node, interleaved, [n * s for n, s in zip(spatial, strides)], rank)
+    return _weighted_epilogue(e, node, e.emit(acc), rank + 2, 1)
+
+
+def _transpose_weights_centered(e: _Emitter, w: relax.Expr, zero_point: np.ndarray, groups: int, c_in: int,
+                                o_group: int, kernel: list[int]) -> relax.Expr:
+    """int32 ConvTranspose weight codes minus their zero points (a scalar, or one per output channel
+    g * o_group + j, which reads w[group g's inputs, j])."""
+    w = R.astype(w, "int32")
+    if not np.any(zero_point != 0):
+        return w
+    if zero_point.size == 1:
+        return R.subtract(w, _scalar(int(zero_point[0]), "int32"))
+    split = e.emit(R.reshape(w, [groups, c_in // groups, o_group, *kernel]))
+    offsets = relax.const(zero_point.astype(np.int32).reshape(groups, 1, o_group, *[1] * len(kernel)))
+    return R.reshape(R.subtract(split, offsets), [c_in, o_group, *kernel])
+
+
+def _phase_weight_sums(weights: np.ndarray, groups: int, strides: list[int], taps: list[int]) -> np.ndarray:
+    """Per channel of `_sub_pixel_weight`'s convolution (output channel, then phases): the sum of its
+    weight taps, i.e. of w[c, o, phase + s*m] over the group's inputs c and the taps m."""
+    rank = len(strides)
+    extra = [m * s - k for m, s, k in zip(taps, strides, weights.shape[2:])]
+    padded = np.pad(weights.astype(np.int64), [(0, 0), (0, 0)] + [(0, pad) for pad in extra])
+    c_in, o_group = weights.shape[:2]
+    split = padded.reshape([groups, c_in // groups, o_group] + [d for m, s in zip(taps, strides) for d in (m, s)])
+    return split.sum(axis=(1, *[3 + 2 * axis for axis in range(rank)])).reshape(-1)
+
+
 def emit_qmatmul(e: _Emitter, node: Node) -> relax.Expr:
     b_rank = len(e.shape(node.inputs[1]))
     b_zero_point = _static(e, node, 2)
@@ -889,6 +953,6 @@ EMITTERS: dict[str, Emitter] = {
     "DepthToSpace": emit_depth_to_space,
     # quantized (integer) ops
     "QuantizeLinear": emit_quantize_linear, "DequantizeLinear": emit_dequantize_linear,
-    "QConv": emit_qconv, "QMatMul": emit_qmatmul, "QAdd": emit_qadd, "QMul": emit_qmul, "QLookup": emit_qlookup,
+    "QConv": emit_qconv, "QConvTranspose": emit_qconv_transpose, "QMatMul": emit_qmatmul, "QAdd": emit_qadd, "QMul": emit_qmul, "QLookup": emit_qlookup,
     "QGlobalAveragePool": emit_qglobal_average_pool, "QAveragePool": emit_qaverage_pool, "QSoftmax": emit_qsoftmax,
 }

@@ -480,6 +480,28 @@ def _qconv(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
     return [_epilogue(acc, params, attrs, 1, "QConv")]
 
 
+def _per_output_channel_transpose_weights(w: Tensor, zero_point: Tensor, group: int) -> Tensor:
+    """ConvTranspose weight codes [C_in, C_out / group, k...] minus zero points given per output channel
+    (output channel g * (C_out / group) + j reads w[group g's inputs, j]) or as a scalar, in float64."""
+    weights, zero_point = w.to(torch.float64), zero_point.to(torch.float64).reshape(-1)
+    if zero_point.numel() == 1:
+        return weights - zero_point.reshape(())
+    c_in, per_group, *kernel = w.shape
+    split = weights.reshape(group, c_in // group, per_group, *kernel)
+    return (split - zero_point.reshape(group, 1, per_group, *[1] * len(kernel))).reshape(w.shape)
+
+
+@kernel("QConvTranspose")
+def _qconv_transpose(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    x, w, w_zero_point, bias, *params = xs
+    rank = x.dim()
+    centered = x.to(torch.float64) - float(attrs["x_zero_point"])
+    weights = _per_output_channel_transpose_weights(w, w_zero_point, attrs["group"])
+    (acc,) = _conv_transpose([centered, weights], attrs)  # float64 sums of integers: exact
+    acc = acc.to(torch.int64) + _along(bias.to(torch.int64), rank, 1)
+    return [_epilogue(acc, params, attrs, 1, "QConvTranspose")]
+
+
 @kernel("QMatMul")
 def _qmatmul(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
     a, b, b_zero_point, bias, *params = xs

@@ -94,6 +94,11 @@ QUANTIZED_OPS: dict[str, tuple[str, ...]] = {
     # "float": float32(acc) * out_scale (float32 output; out_zero_point / out_min / out_max unused).
     "QConv": ("strides", "pads", "dilations", "group", "x_zero_point", "epilogue", "out_zero_point",
               "out_min", "out_max", "out_dtype"),
+    # ConvTranspose on codes: inputs as QConv, w codes [C_in, C_out / group, k...] (ONNX's layout) and the
+    # per-output-channel operands of length C_out; acc = conv_transpose(x - x_zero_point, w - w_zero_point)
+    # (ONNX's pads crop, output_padding extends with sums of nothing: 0) + bias, then QConv's epilogue.
+    "QConvTranspose": ("strides", "pads", "dilations", "group", "output_padding", "x_zero_point", "epilogue",
+                       "out_zero_point", "out_min", "out_max", "out_dtype"),
     # inputs: a codes [..., K], b codes [K, N] (or [..., K, N]), b_zero_point int32 (scalar or [N]),
     # bias int32 [N], then the epilogue operands as QConv (per output column N).
     "QMatMul": ("a_zero_point", "epilogue", "out_zero_point", "out_min", "out_max", "out_dtype"),
@@ -105,7 +110,8 @@ QUANTIZED_OPS: dict[str, tuple[str, ...]] = {
     "QMul": ("a_zero_point", "b_zero_point", "multiplier", "shift", "out_zero_point", "out_min", "out_max",
              "out_dtype"),
     # inputs: q codes, table (the output codes): [2^bits] or [C, 2^bits] (one table per index of `axis`).
-    # table[q - qmin] (or table[c, q - qmin]); the output dtype is the table's.
+    # table[q - qmin] (or table[c, q - qmin]); the output dtype is the table's (float32 values for a float
+    # output computed from codes, e.g. a final Sigmoid).
     "QLookup": ("qmin", "axis"),
     # input: x codes [N, C, spatial...]; requant(sum over spatial of (x - x_zero_point)), the 1 / count
     # of the mean folded into the multiplier.

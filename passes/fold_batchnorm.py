@@ -4,7 +4,8 @@ Rewrite (per output channel c, BN over channel axis 1):
     y = gamma * (conv(x, W) + b - mean) / sqrt(var + eps) + beta
       = conv(x, W * k) + (b - mean) * k + beta,       k = gamma / sqrt(var + eps)
 Applies when the producer's weight and bias are constants and the producer's output feeds only the
-BN. A BN left over (after a non-foldable producer) is rewritten as Mul + Add with constant operands,
+BN. A per-channel constant Add between the two (`conv -> Add(b) -> BN`, as exporters write a
+ConvTranspose's bias) is the producer's bias: it is folded into the producer first. A BN left over (after a non-foldable producer) is rewritten as Mul + Add with constant operands,
 so later passes and backends never see BatchNormalization.
 """
 
@@ -25,6 +26,7 @@ class FoldBatchNorm(Pass):
             if not _all_constant(graph, bn.inputs[1:5]):
                 continue
             scale, shift = _affine(graph, bn)
+            _absorb_bias_add(graph, bn)
             producer = graph.producers().get(bn.inputs[0])
             if producer is not None and _foldable(graph, producer, bn):
                 _fold_into_conv(graph, producer, bn, scale, shift)
@@ -50,6 +52,43 @@ def _foldable(graph: Graph, producer: Node, bn: Node) -> bool:
     if len(producer.inputs) > 2 and producer.inputs[2] not in graph.constants:
         return False
     return len(graph.consumers().get(producer.outputs[0], [])) == 1 and producer.outputs[0] not in graph.outputs
+
+
+def _absorb_bias_add(graph: Graph, bn: Node) -> None:
+    """Fold `Add(conv(x), b)` feeding `bn` into the conv's bias when b is a constant per output channel
+    (broadcasting along axis 1 only, e.g. [1, C, 1, 1] or [C, 1, 1]) and the conv and the Add feed
+    nothing else."""
+    add = graph.producers().get(bn.inputs[0])
+    if add is None or add.op != "Add" or len(add.inputs) != 2:
+        return
+    consumers = graph.consumers()
+    if len(consumers.get(add.outputs[0], [])) != 1 or add.outputs[0] in graph.outputs:
+        return
+    producers = graph.producers()
+    for data, other in (add.inputs, add.inputs[::-1]):
+        conv = producers.get(data)
+        if conv is None or other not in graph.constants or not _foldable(graph, conv, add):
+            continue
+        bias = _channel_bias(graph.constants[other], graph.values[data].shape)
+        if bias is None:
+            continue
+        if len(conv.inputs) > 2:
+            bias = bias + graph.constants[conv.inputs[2]].astype(np.float64)
+        name = graph.fresh_name(f"{conv.name}_b_add")
+        graph.add_constant(name, bias.astype(np.float32))
+        conv.inputs = [conv.inputs[0], conv.inputs[1], name]
+        _bypass(graph, add, conv.outputs[0])
+        return
+
+
+def _channel_bias(constant: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A float constant added to an [N, C, ...] tensor as one value per channel C, as float64 [C]."""
+    if constant.dtype.kind != "f" or constant.ndim > len(shape):
+        return None
+    aligned = (1,) * (len(shape) - constant.ndim) + constant.shape  # numpy broadcasting
+    if any(d != 1 for axis, d in enumerate(aligned) if axis != 1) or aligned[1] not in (1, shape[1]):
+        return None
+    return np.broadcast_to(constant.astype(np.float64).reshape(-1), (shape[1],)).copy()
 
 
 def _fold_into_conv(graph: Graph, conv: Node, bn: Node, scale: np.ndarray, shift: np.ndarray) -> None:

@@ -4,15 +4,20 @@ Implements docs/design/integer_lowering.md. The result uses the quantized ops of
 whose semantics need exact arithmetic only, so the TVM artifact computes exactly what the reference
 interpreter computes on the lowered graph. Rules:
 
-- Conv / MatMul whose data input and weight carry integer specs -> QConv / QMatMul. The bias (the op's
-  own and a following per-channel Add of a constant, `quant_points.weighted_chain`) becomes int32
-  rne(b / (s_x * s_w[c])). A following Relu / Clip is absorbed as a clamp on the codes when its output
+- Conv / ConvTranspose (dilation 1) / MatMul whose data input and weight carry integer specs -> QConv /
+  QConvTranspose / QMatMul. The bias (the op's own and a following per-channel Add of a constant,
+  `quant_points.weighted_chain`) becomes int32 rne(b / (s_x * s_w[c])); an output channel whose bias
+  does not fit the int32 accumulator is lowered as the constant it provably is (`constant_channels`),
+  or the lowering raises. A following Relu / Clip is absorbed as a clamp on the codes when its output
   carries the spec (quantize is monotone, so quantize(clip(y)) = clamp(quantize(y))). The epilogue
   requantizes with dyadic multipliers (`dyadic`) when the output carries a spec, else it is float:
   float32(acc) * (s_x * s_w[c]).
 - Unary elementwise subgraphs (`quant_points.lookup_region`) from a quantized value to a quantized value
   -> QLookup with 256-entry tables (one per channel when the constants vary along an axis, e.g. PRelu),
-  computed once here by running the subgraph in the reference interpreter on every code.
+  computed once here by running the subgraph in the reference interpreter on every code. A graph output
+  computed from a quantized value by such a subgraph with a transcendental op
+  (`quant_points.float_table_region`, e.g. a detector's final Sigmoid) -> QLookup with a table of float32
+  values: the float output is an exact table read.
 - Add / Mul of two quantized activations -> QAdd / QMul; GlobalAveragePool / AveragePool -> QGlobalAveragePool
   / QAveragePool (the window count folded into the multiplier); Softmax -> QSoftmax (output scale 1/256).
 - Scale-preserving ops (quant_points.SCALE_PRESERVING, nearest Resize) whose input and output specs
@@ -44,7 +49,7 @@ from ..interpreter import INT32_MAX, run_node
 from ..ir import Graph, Node, QuantSpec, Value
 from .base import Pass
 from .quant_points import (
-    CLAMPS, SCALE_PRESERVING, LookupRegion, epilogue_bias, lookup_region, weighted_chain,
+    CLAMPS, SCALE_PRESERVING, LookupRegion, epilogue_bias, float_table_region, lookup_region, weighted_chain,
 )
 
 log = logging.getLogger("bitsmith.passes.lower_integer")
@@ -316,14 +321,23 @@ class _Lowering:
             region = lookup_region(self.src, name, self.producers, self.consumers, stop=quantized)
             if region is None or not _is_integer_spec(self.spec(region.input)):
                 continue
-            producer = self.producers[name]
-            self.regions[producer.name] = region
-            self.skip.update(n.name for n in region.nodes if n is not producer)
+            self._plan_region(name, region)
+        for name in self.src.outputs:  # float outputs of transcendental subgraphs: tables of float32 values
+            if self.quantized(name):
+                continue
+            region = float_table_region(self.src, name, self.producers, self.consumers, stop=quantized)
+            if region is not None and _is_integer_spec(self.spec(region.input)):
+                self._plan_region(name, region)
+
+    def _plan_region(self, name: str, region: LookupRegion) -> None:
+        producer = self.producers[name]
+        self.regions[producer.name] = region
+        self.skip.update(n.name for n in region.nodes if n is not producer)
 
     def _lower(self, node: Node) -> bool:
         if node.name in self.regions:
             return self._lookup(node, self.regions[node.name])
-        if node.op in ("Conv", "MatMul"):
+        if node.op in ("Conv", "ConvTranspose", "MatMul"):
             return self._weighted(node)
         if node.op in SCALE_PRESERVING:
             return self._on_codes(node)
@@ -367,7 +381,7 @@ class _Lowering:
         array = self.src.constants.get(weight)
         if array is None or spec is None or spec.format not in INTEGER_WEIGHT_FORMATS or spec.dynamic:
             return None
-        channel_axis = 0 if node.op == "Conv" else array.ndim - 1
+        channel_axis = {"Conv": 0, "ConvTranspose": 1}.get(node.op, array.ndim - 1)
         channels = array.shape[channel_axis]
         if spec.granularity == "tensor":
             scales = np.full(channels, _scale(spec), np.float32)
@@ -378,6 +392,8 @@ class _Lowering:
         else:
             return None
         codes = quantize(array, spec)
+        if node.op == "ConvTranspose":  # output channel g * (C_out / group) + j reads weight channel j
+            scales, zero_points = np.tile(scales, node.attrs["group"]), np.tile(zero_points, node.attrs["group"])
         return codes, zero_points, scales
 
     def _weighted(self, node: Node) -> bool:
@@ -386,8 +402,10 @@ class _Lowering:
         if not _is_integer_spec(x_spec) or len(node.inputs) < 2:
             return False
         rank = len(self.src.values[x].shape)
-        if node.op == "Conv" and rank not in (3, 4):
+        if node.op in ("Conv", "ConvTranspose") and rank not in (3, 4):
             return False
+        if node.op == "ConvTranspose" and any(d != 1 for d in node.attrs["dilations"]):
+            return False  # QConvTranspose's kernels are sub-pixel convolutions: dilation 1
         if node.inputs[1] in self.src.constants:
             weights = self._weight_codes(node)
             if weights is None or (node.op == "MatMul" and weights[0].ndim != 2):
@@ -403,7 +421,7 @@ class _Lowering:
             return False
         chain = weighted_chain(self.src, node, self.consumers)
         bias = np.zeros(len(w_scales), np.float64)
-        if node.op == "Conv" and len(node.inputs) > 2 and node.inputs[2]:
+        if node.op in ("Conv", "ConvTranspose") and len(node.inputs) > 2 and node.inputs[2]:
             own = self.src.constants.get(node.inputs[2])
             if own is None:
                 return False
@@ -419,8 +437,7 @@ class _Lowering:
         if out_spec is not None and not _is_integer_spec(out_spec):
             return False
 
-        reduction = (int(np.prod(w_codes.shape[1:])) if node.op == "Conv" and w_codes is not None
-                     else self.src.values[x].shape[-1])
+        reduction = _reduction_size(node, w_codes, self.src.values[x].shape)
         products = reduction * 255 * 255  # the largest |sum of (x - zx) * (w - zw)| of 8-bit codes
         if products >= INT32_MAX:
             raise UnsupportedError(f"node {node.name!r}: a reduction over {reduction} products of 8-bit codes may "
@@ -429,36 +446,44 @@ class _Lowering:
         acc_scale = np.float64(s_x) * w_scales.astype(np.float64)
         bias_codes = np.rint(bias / acc_scale)
         limit = INT32_MAX - products  # so that the accumulator plus the bias stays in int32
-        if np.any(np.abs(bias_codes) > limit):
-            log.warning("node %s: a bias of more than %d accumulator steps is clamped", node.name, limit)
-        bias_codes = np.clip(bias_codes, -limit, limit).astype(np.int32)
 
         out_value = self.src.values[end]
-        w_name = (self.constant(f"{node.inputs[1]}_q", w_codes) if w_codes is not None
-                  else self.codes_of(node.inputs[1]))
-        zero_point_of_w = w_zero_points if len(set(w_zero_points.tolist())) > 1 else w_zero_points[:1].reshape(())
-        inputs = [self.codes_of(x), w_name, self.constant(f"{node.inputs[1]}_zero_point", zero_point_of_w),
-                  self.constant(f"{node.name}_bias", bias_codes)]
-        attrs: dict[str, Any] = dict(node.attrs) if node.op == "Conv" else {}
-        attrs["x_zero_point" if node.op == "Conv" else "a_zero_point"] = _zero_point(x_spec)
+        attrs: dict[str, Any] = dict(node.attrs) if node.op != "MatMul" else {}
+        attrs["x_zero_point" if node.op != "MatMul" else "a_zero_point"] = _zero_point(x_spec)
+        epilogue: dict[str, np.ndarray]
         if out_spec is not None:
             multiplier, shift = dyadic(acc_scale / np.float64(_scale(out_spec)))
-            inputs += [self.constant(f"{node.name}_multiplier", multiplier),
-                       self.constant(f"{node.name}_shift", shift)]
             qmin, qmax = _code_range(out_spec)
             low, high = (qmin, qmax) if clamp is None else self._clamp_codes(clamp, out_spec)
             attrs.update(epilogue="requantize", out_zero_point=_zero_point(out_spec), out_min=low, out_max=high,
                          out_dtype=_code_dtype(out_spec))
+            epilogue = {"multiplier": multiplier, "shift": shift}
             out = (self.fresh(f"{end}_q"), out_value.shape, _code_dtype(out_spec))
         else:
-            inputs.append(self.constant(f"{node.name}_out_scale", acc_scale.astype(np.float32)))
             attrs.update(epilogue="float", out_zero_point=0, out_min=0, out_max=0, out_dtype="float32")
+            epilogue = {"out_scale": acc_scale.astype(np.float32)}
             out = (end if end not in self.dst.values else self.fresh(end), out_value.shape, "float32")
-        op = "QConv" if node.op == "Conv" else "QMatMul"
+        overflowing = np.flatnonzero(np.abs(bias_codes) > limit)
+        if len(overflowing):
+            if w_codes is None:
+                raise UnsupportedError(f"node {node.name!r}: a bias of more than {limit} accumulator steps does not "
+                                       "fit the int32 accumulator")
+            w_codes = constant_channels(node, overflowing, w_codes, w_zero_points, x_spec, out_spec, acc_scale, bias,
+                                        bias_codes, epilogue, attrs)
+
+        w_name = (self.constant(f"{node.inputs[1]}_q", w_codes) if w_codes is not None
+                  else self.codes_of(node.inputs[1]))
+        zero_point_of_w = w_zero_points if len(set(w_zero_points.tolist())) > 1 else w_zero_points[:1].reshape(())
+        inputs = [self.codes_of(x), w_name, self.constant(f"{node.inputs[1]}_zero_point", zero_point_of_w),
+                  self.constant(f"{node.name}_bias", bias_codes.astype(np.int32))]
+        inputs += [self.constant(f"{node.name}_{name}", array) for name, array in epilogue.items()]
+        op = {"Conv": "QConv", "ConvTranspose": "QConvTranspose"}.get(node.op, "QMatMul")
         (result,) = self.emit(op, inputs, [out], attrs, node.name)
         (self.codes if out_spec is not None else self.raw)[end] = result
         self.skip.update(n.name for n in chain)
         self.layers.append(self._layer_report(node, op))
+        if len(overflowing):
+            self.layers[-1]["constant_channels"] = overflowing.tolist()
         return True
 
     def _absorbable_clamp(self, name: str) -> Node | None:
@@ -571,21 +596,107 @@ class _Lowering:
 
     # -- lookup tables --------------------------------------------------------------------------
     def _lookup(self, node: Node, region: LookupRegion) -> bool:
+        """QLookup of the region's codes; a region with a float output (`float_table_region`) reads float32."""
         x_spec, o_spec = self.spec(region.input), self.spec(region.output)
         table = lookup_table(self.src, region, x_spec, o_spec)
         qmin, _ = _code_range(x_spec)
         shape = self.src.values[region.output].shape
+        if o_spec is None:
+            out = region.output if region.output not in self.dst.values else self.fresh(region.output)
+            output = (out, shape, "float32")
+        else:
+            output = (self.fresh(f"{region.output}_q"), shape, _code_dtype(o_spec))
         (result,) = self.emit("QLookup", [self.codes_of(region.input), self.constant(f"{node.name}_table", table)],
-                              [(self.fresh(f"{region.output}_q"), shape, _code_dtype(o_spec))],
-                              {"qmin": qmin, "axis": region.axis if region.axis is not None else 0}, node.name)
-        self.codes[region.output] = result
+                              [output], {"qmin": qmin, "axis": region.axis if region.axis is not None else 0},
+                              node.name)
+        (self.codes if o_spec is not None else self.raw)[region.output] = result
         return True
+
+
+def _reduction_size(node: Node, w_codes: np.ndarray | None, x_shape: tuple[int, ...]) -> int:
+    """How many products of codes one accumulator of a weighted op sums at most."""
+    if w_codes is None or node.op == "MatMul":
+        return x_shape[-1]
+    if node.op == "Conv":
+        return int(np.prod(w_codes.shape[1:]))
+    return w_codes.shape[0] // node.attrs["group"] * int(np.prod(w_codes.shape[2:]))  # ConvTranspose
+
+
+def _channel_taps(node: Node, w_codes: np.ndarray, zero_points: np.ndarray) -> np.ndarray:
+    """The centered weight codes (w - zw) each output channel's accumulator sums over: int64 [C_out, taps]."""
+    w = w_codes.astype(np.int64)
+    if node.op == "Conv":
+        taps = w.reshape(w.shape[0], -1)
+    elif node.op == "ConvTranspose":  # output channel g * per_group + j reads w[group g's inputs, j]
+        group, (c_in, per_group) = node.attrs["group"], w.shape[:2]
+        taps = w.reshape(group, c_in // group, per_group, -1).transpose(0, 2, 1, 3).reshape(group * per_group, -1)
+    else:  # MatMul: [K, N]
+        taps = w.T
+    return taps - zero_points.astype(np.int64)[:, None]
+
+
+def _set_channel(node: Node, w_codes: np.ndarray, channel: int, value: int) -> None:
+    """Set every weight code of output channel `channel` to `value` (in place)."""
+    if node.op == "Conv":
+        w_codes[channel] = value
+    elif node.op == "ConvTranspose":
+        c_in, per_group = w_codes.shape[:2]
+        inputs = c_in // node.attrs["group"]
+        group, j = divmod(channel, per_group)
+        w_codes[group * inputs:(group + 1) * inputs, j] = value
+    else:
+        w_codes[:, channel] = value
+
+
+def constant_channels(node: Node, channels: np.ndarray, w_codes: np.ndarray, w_zero_points: np.ndarray,
+                      x_spec: QuantSpec | None, out_spec: QuantSpec | None, acc_scale: np.ndarray, bias: np.ndarray,
+                      bias_codes: np.ndarray, epilogue: dict[str, np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    """Lower the output `channels` of a weighted op whose bias does not fit the int32 accumulator as the
+    constants they are, or raise UnsupportedError; returns the weight codes to use.
+
+    Such a bias comes from a degenerate weight scale: a dead channel (weights ~1e-30, scale ~1e-32) keeps
+    a float bias b that is billions of accumulator steps s_x * s_w (and its requantization multiplier is
+    too small for 31 bits). Over every input code the channel's accumulator lies in [lo, hi] (its centered
+    weight taps times the extreme centered input codes), so its value lies in b + s_x * s_w * [lo, hi];
+    quantization is monotone, so when both ends quantize to the same code k (within the clamp), the
+    channel outputs k whatever the input. It is then lowered as exactly that: weights at their zero point
+    (accumulator 0), bias k - out_zero_point, multiplier 2^30 with shift 30 (x1). With a float epilogue
+    the channel is constant when its weights all sit at the zero point: bias 1, out_scale b.
+    `bias_codes` and `epilogue` are updated in place."""
+    x_low, x_high = (q - _zero_point(x_spec) for q in _code_range(x_spec))
+    w_codes = w_codes.copy()
+    taps = _channel_taps(node, w_codes, w_zero_points)
+    for channel in channels.tolist():
+        products = np.stack([taps[channel] * x_low, taps[channel] * x_high])
+        acc_low, acc_high = int(products.min(axis=0).sum()), int(products.max(axis=0).sum())
+        where = (f"node {node.name!r}: output channel {channel}'s bias {bias[channel]:.6g} is "
+                 f"{bias_codes[channel]:.6g} accumulator steps, beyond the int32 accumulator")
+        if out_spec is None:
+            if acc_low != acc_high:
+                raise UnsupportedError(f"{where}, and its weights are not all zero; give this layer's weight "
+                                       "another format (QuantRecipe.layer_formats)")
+            bias_codes[channel] = 1
+            epilogue["out_scale"][channel] = np.float32(bias[channel])
+        else:
+            ends = bias[channel] + acc_scale[channel] * np.array([acc_low, acc_high], np.float64)
+            codes = np.clip(np.rint(ends / np.float64(_scale(out_spec))) + _zero_point(out_spec),
+                            attrs["out_min"], attrs["out_max"])
+            if codes[0] != codes[1]:
+                raise UnsupportedError(f"{where}, and its output depends on the input; give this layer's weight "
+                                       "another format (QuantRecipe.layer_formats)")
+            bias_codes[channel] = codes[0] - attrs["out_zero_point"]
+            epilogue["multiplier"][channel], epilogue["shift"][channel] = 1 << 30, 30
+        _set_channel(node, w_codes, channel, int(w_zero_points[channel]))
+        log.info("node %s: output channel %d is constant (its bias is %.6g accumulator steps)", node.name, channel,
+                 bias_codes[channel])
+    return w_codes
 
 
 def lookup_table(graph: Graph, region: LookupRegion, x_spec: QuantSpec | None, out_spec: QuantSpec | None) -> np.ndarray:
     """quantize(f(dequantize(code))) for every code of x (one row per channel when region.axis is set),
-    f being the region's nodes run by the reference interpreter."""
-    x_spec, out_spec = _present(x_spec), _present(out_spec)
+    f being the region's nodes run by the reference interpreter; float32 f(dequantize(code)) itself
+    when the output is not quantized (out_spec None)."""
+    x_spec = _present(x_spec)
     qmin, qmax = _code_range(x_spec)
     codes = np.arange(qmin, qmax + 1).astype(_code_dtype(x_spec))
     reals = dequantize(codes, x_spec)  # float32, exactly the fake-quantized values
@@ -604,5 +715,5 @@ def lookup_table(graph: Graph, region: LookupRegion, x_spec: QuantSpec | None, o
             for name, value in zip(node.outputs, run_node(node, args)):
                 env[name] = value
     result = env[region.output].numpy().astype(np.float32).reshape(len(codes), channels)
-    table = quantize(result, out_spec).T  # [channels, 256]
+    table = (result if out_spec is None else quantize(result, out_spec)).T  # [channels, 256]
     return np.ascontiguousarray(table[0] if region.axis is None else table)

@@ -23,7 +23,10 @@ leaves no float island between the input quantizer and the outputs:
 - a unary elementwise subgraph (`lookup_region`: elementwise nodes whose only non-constant input is one
   activation x, e.g. PRelu, HardSigmoid, HardSwish spelled Add/Clip/Mul/Div, GELU spelled with Erf) whose
   output is quantized gets x quantized too: it becomes a lookup table over x's codes (`_widens` names
-  the exceptions: a weighted op's fused Relu / Clip, per-channel rescalings and shifts).
+  the exceptions: a weighted op's fused Relu / Clip, per-channel rescalings and shifts);
+- a graph output computed by such a subgraph with a transcendental op (`float_table_region`, e.g. a
+  detector's final Sigmoid) gets the subgraph's input quantized; the output stays float, read from a
+  table of float32 values.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ ELEMENTWISE = ("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "N
                "Round", "Sin", "Cos", "Softplus", "Clip", "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Gelu",
                "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu")
 CLAMPS = ("Relu", "Clip")
+# elementwise ops that float32 implementations do not all compute alike (not correctly rounded)
+TRANSCENDENTAL = ("Sigmoid", "Tanh", "Exp", "Log", "Erf", "Sin", "Cos", "Softplus", "Elu", "Gelu", "Pow")
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ def epilogue_bias(graph: Graph, weighted: Node, add: Node) -> np.ndarray | None:
     shape = graph.values[weighted.outputs[0]].shape
     if weighted.op == "MatMul":
         channel_axis = len(shape) - 1
-    elif weighted.op == "Conv":
+    elif weighted.op in ("Conv", "ConvTranspose"):
         channel_axis = 1
     else:
         return None
@@ -251,6 +256,20 @@ def _quantized_softmax(graph: Graph, node: Node, producers: dict[str, Node], con
             and _weighted_output(graph, node.inputs[0], producers, consumers))
 
 
+def float_table_region(graph: Graph, name: str, producers: dict[str, Node], consumers: dict[str, list[Node]],
+                       stop: set[str] | frozenset = frozenset()) -> LookupRegion | None:
+    """The unary elementwise subgraph computing graph output `name` with a transcendental op (a detector's
+    final Sigmoid), or None. In the integer region its input is quantized and the lowering reads the
+    float output from a table of float32 values, one per input code: exact, where a float sigmoid
+    differs between implementations."""
+    if name not in graph.outputs:
+        return None
+    region = lookup_region(graph, name, producers, consumers, stop)
+    if region is None or not any(n.op in TRANSCENDENTAL for n in region.nodes):
+        return None
+    return region
+
+
 def activation_points(graph: Graph, integer: bool = False) -> tuple[set[str], list[tuple[str, str]]]:
     """(activations to quantize, tie edges between them); `integer` widens the region (module docstring)."""
     producers = graph.producers()
@@ -260,6 +279,8 @@ def activation_points(graph: Graph, integer: bool = False) -> tuple[set[str], li
     work = [i for n in graph.nodes if n.op in WEIGHTED_OPS for i in n.inputs if _is_activation(graph, i)]
     if integer:
         work += [n.outputs[0] for n in graph.nodes if _quantized_softmax(graph, n, producers, consumers)]
+        work += [region.input for name in graph.outputs
+                 if (region := float_table_region(graph, name, producers, consumers)) is not None]
     while work:
         name = work.pop()
         if name in points:
