@@ -7,7 +7,9 @@ already be quantized (the observed activations then include the weights' error, 
 
 Integer activation formats place quantizers for the integer lowering (quant_points' widened region,
 recorded as graph.metadata["activation_region"] = "integer"); there the outputs of a quantized Softmax
-get the fixed spec of QSoftmax (scale 1/256, zero point at the lowest code) instead of an observed one.
+get the fixed spec of QSoftmax (scale 1/256, zero point at the lowest code) instead of an observed one,
+and the input of a float output table (a final Sigmoid) keeps only the part of its observed range where
+the table's function varies (passes/table_ranges.py).
 
 `sample_mask` names a graph input (e.g. a transformer's attention_mask, [batch, tokens]) whose zero
 entries mark padding: activations whose leading axes are that shape are observed at the marked
@@ -32,7 +34,8 @@ from ..ir import Graph, Node, QuantSpec
 from ..observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from ..simulate import Simulator
 from .base import Pass
-from .quant_points import tied_groups
+from .quant_points import is_integer_region, tied_groups
+from .table_ranges import active_range, float_table_inputs
 
 log = logging.getLogger("bitsmith.passes.calibrate")
 
@@ -99,6 +102,7 @@ class Calibrate(Pass):
         if not format_info(self.fmt).is_float:  # integer codes: the region the integer lowering needs
             graph.metadata["activation_region"] = "integer"
         groups = tied_groups(graph)
+        points = {name for group in groups for name in group}
         producers = graph.producers()
         fixed = {i: spec for i, group in enumerate(groups)
                  if (spec := self.fixed_spec(group, producers)) is not None}
@@ -116,8 +120,11 @@ class Calibrate(Pass):
             for group, observer in zip(groups, observers):
                 for name in group:
                     observer.observe(masked_rows(values[name], mask))
+        tables = float_table_inputs(graph, points) if is_integer_region(graph) else {}
         for group, observer in zip(groups, observers):
             lo, hi = observer.range()
+            if all(name in tables for name in group):  # read by float output tables only: where they vary
+                lo, hi = active_range(graph, [r for name in group for r in tables[name]], float(lo), float(hi))
             spec = choose_spec(None, self.fmt, symmetric=self.symmetric, amin=np.asarray(lo, np.float32),
                                amax=np.asarray(hi, np.float32))
             for name in group:

@@ -41,16 +41,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-import torch
 
 from ..errors import IRError, UnsupportedError
 from ..formats import dequantize, fake_quant, format_info, quantize
-from ..interpreter import INT32_MAX, run_node
+from ..interpreter import INT32_MAX
 from ..ir import Graph, Node, QuantSpec, Value
 from .base import Pass
 from .quant_points import (
     CLAMPS, SCALE_PRESERVING, LookupRegion, epilogue_bias, float_table_region, lookup_region, weighted_chain,
 )
+from .table_ranges import evaluate_region
 
 log = logging.getLogger("bitsmith.passes.lower_integer")
 
@@ -654,7 +654,7 @@ def constant_channels(node: Node, channels: np.ndarray, w_codes: np.ndarray, w_z
     """Lower the output `channels` of a weighted op whose bias does not fit the int32 accumulator as the
     constants they are, or raise UnsupportedError; returns the weight codes to use.
 
-    Such a bias comes from a degenerate weight scale: a dead channel (weights ~1e-30, scale ~1e-32) keeps
+    Such a bias comes from a degenerate weight scale: a dead channel (weights ~1e-34, scale ~5e-37) keeps
     a float bias b that is billions of accumulator steps s_x * s_w (and its requantization multiplier is
     too small for 31 bits). Over every input code the channel's accumulator lies in [lo, hi] (its centered
     weight taps times the extreme centered input codes), so its value lies in b + s_x * s_w * [lo, hi];
@@ -699,21 +699,6 @@ def lookup_table(graph: Graph, region: LookupRegion, x_spec: QuantSpec | None, o
     x_spec = _present(x_spec)
     qmin, qmax = _code_range(x_spec)
     codes = np.arange(qmin, qmax + 1).astype(_code_dtype(x_spec))
-    reals = dequantize(codes, x_spec)  # float32, exactly the fake-quantized values
-    rank = len(graph.values[region.input].shape)
-    probe_shape = [len(codes)] + [1] * rank
-    channels = 1
-    if region.axis is not None:
-        channels = graph.values[region.input].shape[region.axis]
-        probe_shape[1 + region.axis] = channels
-    probe = torch.from_numpy(np.broadcast_to(reals.reshape([-1] + [1] * rank), probe_shape).copy())
-    env: dict[str, torch.Tensor] = {region.input: probe}
-    with torch.no_grad():
-        for node in region.nodes:
-            args = [env[i] if i in env else torch.from_numpy(np.array(graph.constants[i])) if i else None
-                    for i in node.inputs]
-            for name, value in zip(node.outputs, run_node(node, args)):
-                env[name] = value
-    result = env[region.output].numpy().astype(np.float32).reshape(len(codes), channels)
+    result = evaluate_region(graph, region, dequantize(codes, x_spec))  # exactly the fake-quantized values
     table = (result if out_spec is None else quantize(result, out_spec)).T  # [channels, 256]
     return np.ascontiguousarray(table[0] if region.axis is None else table)

@@ -7,7 +7,10 @@ as the constants they are, and ppocr_det bit-exact end to end.
   interpreter bit for bit, and the reference against float ConvTranspose on the dequantized operands;
 - a small DB head (FPN Resize + Add + Concat, Conv-BN-Relu, two ConvTranspose-BN-Relu, Sigmoid) built in
   ONNX, quantized at W8A8, lowered with no float op left, TVM equal to the reference, close to FP32;
-- ppocr_det: bitsmith.compile(recipe="w8a8") on real pages equals the integer reference bit for bit.
+  the Sigmoid's logits quantized only where the Sigmoid varies;
+- dead channels: a bias beyond the int32 accumulator lowered as the constant the channel is, or refused;
+- ppocr_det: integer ops only, the text found on a real page; bitsmith.compile(recipe="w8a8") on real
+  pages equals the integer reference bit for bit (slow).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from bitsmith.ir import Graph, Node, QuantSpec, verify
 from bitsmith.ops import OPS, QUANTIZED_OPS
 from bitsmith.passes.fold_batchnorm import FoldBatchNorm
 from bitsmith.passes.lower_integer import constant_channels, dyadic, lower_integer, lower_integer_traced
-from bitsmith.passes.quant_points import activation_points
+from bitsmith.passes.quant_points import activation_points, float_table_region
+from bitsmith.passes.table_ranges import active_range
 from bitsmith.pipeline import compile_traced
 from bitsmith.quantize import quantize
 from bitsmith.recipes import preset
@@ -196,6 +200,17 @@ def test_the_integer_region_takes_the_sigmoid_logits_in():
     assert widened - plain == {"logits"} and "y" not in widened
 
 
+def test_the_logits_quantizer_spans_only_where_the_sigmoid_varies():
+    """The Sigmoid is within 1e-6 of 0 or 1 outside [-13.8, 13.8]: an observed range beyond it is narrowed
+    (PP-OCRv4 det's logits: [-167, 106], a step of 1.07 -> 0.11), one inside it is kept."""
+    graph = FoldBatchNorm()(import_onnx(db_head()))
+    region = float_table_region(graph, "y", graph.producers(), graph.consumers())
+    assert region is not None and region.input == "logits"
+    low, high = active_range(graph, [region], -167.0, 106.0)
+    assert -13.95 < low < -13.8 and 13.8 < high < 13.95
+    assert active_range(graph, [region], -3.0, 2.0) == (-3.0, 2.0)
+
+
 def test_the_head_lowers_to_integer_ops_only(head):
     graph, quantized, lowered, feeds, tvm = head
     counts = lowered.op_counts()
@@ -290,6 +305,16 @@ def test_a_bias_overflow_on_a_channel_that_depends_on_its_input_is_refused():
         lower(-1.9)  # the output spans -1.9 .. -1.37: codes 10 .. 63
     assert lower(-1000.0).tolist() == [-200.0]  # every input saturates at code 0
 
+    float_attrs = {"epilogue": "float", "out_zero_point": 0, "out_min": 0, "out_max": 0}
+    out_scale, bias_codes = np.array([1e-9], np.float32), np.array([3e9])
+    zeros = np.zeros_like(w_codes)
+    kept = constant_channels(node, np.array([0]), zeros, np.zeros(1, np.int32), x_spec, None, np.array([1e-9]),
+                             np.array([3.0]), bias_codes, {"out_scale": out_scale}, float_attrs)
+    assert not kept.any() and bias_codes.tolist() == [1.0] and out_scale.tolist() == [3.0]  # 1 * 3.0
+    with pytest.raises(UnsupportedError, match="channel 0.*not all zero"):
+        constant_channels(node, np.array([0]), w_codes, np.zeros(1, np.int32), x_spec, None, np.array([1e-9]),
+                          np.array([3.0]), np.array([3e9]), {"out_scale": out_scale}, float_attrs)
+
 
 # ---------------------------------------------------------------------------------------------
 # PP-OCRv4 det on real pages
@@ -318,9 +343,12 @@ def test_ppocr_det_w8a8_lowers_to_integer_ops_only_and_finds_the_text():
     care how the ranges were found. Measured text-mask IoU against FP32 on this page view: 0.91."""
     graph = import_onnx(zoo.onnx_path("ppocr_det"), zoo.input_shapes("ppocr_det", 1))
     recipe = preset("w8a8").with_(activation_observer="minmax")
-    lowered = lower_integer(quantize(graph, recipe, zoo.inputs("ppocr_det", 1, 1, split="calib")))
+    quantized = quantize(graph, recipe, zoo.inputs("ppocr_det", 1, 1, split="calib"))
+    lowered = lower_integer(quantized)
     verify(lowered, OPS)
     check_det_lowering(lowered)
+    logits = dequantize(np.array([0, 255], np.uint8), quantized.values["p2o.Add.281"].quant)
+    assert -14.5 < logits[0] < -13 and 13 < logits[1] < 14.5  # where the Sigmoid varies
     (feeds,) = zoo.inputs("ppocr_det", 1, 1, split="eval")  # a view of page.png
     ours, fp32 = run_graph(lowered, feeds)[DET_OUTPUT], run_graph(graph, feeds)[DET_OUTPUT]
     assert (fp32 > 0.3).mean() > 0.05 and text_mask_iou(ours, fp32) >= 0.85
