@@ -11,7 +11,8 @@ For every model (default: the CNN zoo models the lowering covers) this script
     is fed the reference's own inputs, and its fake-quant result is compared with the reference's
     codes (per lowered op kind: how many codes differ, by how many steps at most);
   - reports the fidelity of the integer model against the fake-quant Simulator and FP32 (max abs diff
-    relative to the FP32 output range, top-1 agreement, and accuracy on labelled data), graph sizes
+    relative to the FP32 output range, top-1 agreement, accuracy on labelled data, and for a text
+    detector the IoU of its text masks), graph sizes
     (ops before and after lowering, Quantize/Dequantize nodes left), artifact and ONNX bytes, and the
     latency of the W8A8 and FP32 artifacts (same thread count, median of alternating runs).
 
@@ -44,11 +45,22 @@ from bitsmith.simulate import Simulator
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 # model -> (batch, calibration batches, evaluation batches)
-PLAN = {"mtcnn_rnet": (50, 2, 4), "mtcnn_onet": (50, 2, 4), "mobilenet_v2": (8, 2, 4), "ppocr_cls": (16, 2, 4)}
+PLAN = {"mtcnn_rnet": (50, 2, 4), "mtcnn_onet": (50, 2, 4), "mobilenet_v2": (8, 2, 4), "ppocr_cls": (16, 2, 4),
+        "ppocr_det": (1, 2, 4)}
 # the output holding class scores (top-1 agreement, accuracy on labelled data)
 CLASS_OUTPUT = {"mtcnn_rnet": "prob", "mtcnn_onet": "prob", "mobilenet_v2": "logits",
                 "ppocr_cls": "save_infer_model/scale_0.tmp_1"}
+# the output holding a text probability map (IoU of the text masks, probability > TEXT_THRESHOLD)
+MASK_OUTPUT = {"ppocr_det": "sigmoid_0.tmp_0"}
+TEXT_THRESHOLD = 0.3  # PP-OCR's DB post-processing threshold
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of the text masks (probability > TEXT_THRESHOLD) of two probability maps, pooled over the samples."""
+    mask_a, mask_b = a > TEXT_THRESHOLD, b > TEXT_THRESHOLD
+    union = int((mask_a | mask_b).sum())
+    return 1.0 if union == 0 else int((mask_a & mask_b).sum()) / union
 
 
 def local_divergence(simulator: Simulator, feeds: list[dict[str, np.ndarray]]) -> dict[str, dict]:
@@ -130,6 +142,10 @@ def measure(name: str, recipe_name: str, workdir: Path, repeat: int) -> dict:
                  "int_vs_simulator_max_abs_diff_rel": relative("reference", "simulator"),
                  "int_vs_fp32_max_abs_diff_rel": relative("reference", "fp32"),
                  "simulator_vs_fp32_max_abs_diff_rel": relative("simulator", "fp32")}
+        if o == MASK_OUTPUT.get(name):
+            for a, b, key in (("reference", "simulator", "int_vs_simulator"), ("reference", "fp32", "int_vs_fp32"),
+                              ("simulator", "fp32", "simulator_vs_fp32")):
+                entry[f"mask_iou_{key}"] = mask_iou(arrays[a], arrays[b])
         if o == CLASS_OUTPUT.get(name):
             top1 = {k: a.argmax(-1) for k, a in arrays.items()}
             entry["top1_int_vs_simulator"] = float(np.mean(top1["reference"] == top1["simulator"]))
@@ -191,7 +207,9 @@ def write_markdown(results: dict, path: Path) -> None:
                      f"{r['artifact_bytes']:,} / {r['fp32_artifact_bytes']:,} | {r['fp32_onnx_bytes']:,} | "
                      f"{r['int_ms']:.2f} / {r['fp32_ms']:.2f} |")
     lines += ["", "Fidelity of the integer model (int) against the fake-quant Simulator (sim) and FP32 (fp): max abs "
-              "diff relative to the largest |FP32 output|; top-1 agreement and accuracy on the class output.", "",
+              "diff relative to the largest |FP32 output|; top-1 agreement and accuracy on the class output; on a "
+              f"text probability map, the IoU of the text masks (probability > {TEXT_THRESHOLD}, pooled over the "
+              "samples) in the top-1 column.", "",
               "| model | output | int vs sim | int vs fp | sim vs fp | top-1 int=sim / int=fp / sim=fp "
               "| accuracy int / sim / fp |",
               "|---|---|---|---|---|---|---|"]
@@ -199,6 +217,9 @@ def write_markdown(results: dict, path: Path) -> None:
         for output, o in r["outputs"].items():
             top1 = " / ".join(f"{o[k]:.3f}" for k in ("top1_int_vs_simulator", "top1_int_vs_fp32",
                                                      "top1_simulator_vs_fp32") if k in o)
+            if "mask_iou_int_vs_fp32" in o:
+                top1 = "mask IoU " + " / ".join(f"{o[k]:.3f}" for k in (
+                    "mask_iou_int_vs_simulator", "mask_iou_int_vs_fp32", "mask_iou_simulator_vs_fp32"))
             accuracy = " / ".join(f"{o['accuracy'][k]:.3f}" for k in ("reference", "simulator", "fp32")) \
                 if "accuracy" in o else ""
             lines.append(f"| {name} | {output} | {o['int_vs_simulator_max_abs_diff_rel']:.4f} | "
