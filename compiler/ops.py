@@ -115,9 +115,28 @@ QUANTIZED_OPS: dict[str, tuple[str, ...]] = {
     # count_include_pad=1, padding x - x_zero_point with 0); requant(window sum of (x - x_zero_point)).
     "QAveragePool": ("kernel_shape", "strides", "pads", "ceil_mode", "x_zero_point", "multiplier", "shift",
                      "out_zero_point", "out_min", "out_max", "out_dtype"),
-    # inputs: q codes, exp_table int64 [256]: exp_table[d] = rne(2^30 * exp(-d * x_scale)).
+    # inputs: q codes, exp_table int64 [256]: exp_table[d] = rne(2^30 * exp(-d * x_scale)), then optionally
+    # keep (bool, broadcasting to q): the positions that take part (an attention mask).
     # Along `axis`: e = exp_table[max(q) - q], total = sum(e) (int64), p = (e * 256 + total // 2) // total,
     # output clamp(p + out_zero_point, out_min, out_max): scale 1/256.
+    # With keep: the maximum runs over the kept positions, e = 0 where keep is false, and the divisor is
+    # max(total, 1): a row with no kept position is all zeros (p = 0; float softmax would give 1/n there).
     "QSoftmax": ("axis", "out_zero_point", "out_min", "out_max", "out_dtype"),
 }
+QUANTIZED_OPS.update({
+    # inputs: x codes [..., normalized dims], multiplier int64 and bias int64 (the normalized dims' shape,
+    # or broadcasting to it: gamma and beta folded). Normalizes the axes >= `axis` (C elements per row), in
+    # int64 (I-BERT's integer LayerNorm, with an exact square root):
+    #   xc = x - x_zero_point;  S1 = sum(xc);  S2 = sum(xc^2)
+    #   V = C * S2 - S1^2 + epsilon                 (= C^2 (var + eps) / x_scale^2; epsilon is an integer)
+    #   R = max(1, isqrt(V << 2 * sqrt_shift))      (isqrt(v) = floor(sqrt(v)), exact)
+    #   inv = (1 << inv_shift) // R                 (one division per row)
+    #   N = ((C * xc - S1) * inv + 2^(norm_shift-1)) >> norm_shift   ((x - mean) / std with F fractional bits,
+    #                                                F = inv_shift - sqrt_shift - norm_shift)
+    #   out = clamp(((N * multiplier + bias + 2^(shift-1)) >> shift) + out_zero_point, out_min, out_max)
+    # multiplier = rne(gamma / out_scale * 2^(shift - F)), bias = rne(beta / out_scale * 2^shift). The
+    # lowering chooses the shifts so that nothing leaves int64 (and V << 2 sqrt_shift < 2^62).
+    "QLayerNorm": ("axis", "x_zero_point", "epsilon", "sqrt_shift", "inv_shift", "norm_shift", "shift",
+                   "out_zero_point", "out_min", "out_max", "out_dtype"),
+})
 OPS.update(QUANTIZED_OPS)

@@ -7,7 +7,10 @@ already be quantized (the observed activations then include the weights' error, 
 
 Integer activation formats place quantizers for the integer lowering (quant_points' widened region,
 recorded as graph.metadata["activation_region"] = "integer"); there the outputs of a quantized Softmax
-get the fixed spec of QSoftmax (scale 1/256, zero point at the lowest code) instead of an observed one.
+get the fixed spec of QSoftmax (scale 1/256, zero point at the lowest code) instead of an observed one,
+and the wide values (quant_points.wide_points: LayerNorm inputs and the residual Adds computing them) get
+quant_points.WIDE_FORMAT (int16), symmetric, from a min-max observer with WIDE_HEADROOM: 16 bits resolve
+the small channels next to the outliers without clipping, and a larger value at run time does not clip.
 
 `sample_mask` names a graph input (e.g. a transformer's attention_mask, [batch, tokens]) whose zero
 entries mark padding: activations whose leading axes are that shape are observed at the marked
@@ -32,9 +35,11 @@ from ..ir import Graph, Node, QuantSpec
 from ..observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from ..simulate import Simulator
 from .base import Pass
-from .quant_points import tied_groups
+from .quant_points import WIDE_FORMAT, tied_groups, wide_points
 
 log = logging.getLogger("bitsmith.passes.calibrate")
+
+WIDE_HEADROOM = 2.0  # wide activations' range: the calibrated max |x| times this (one of 16 bits)
 
 
 def make_observer(kind: str, fmt: str, symmetric: bool) -> Any:
@@ -105,8 +110,10 @@ class Calibrate(Pass):
         for i, spec in fixed.items():
             for name in groups[i]:
                 graph.values[name].quant = spec
+        wide = self.wide_values(graph, groups)
         groups = [group for i, group in enumerate(groups) if i not in fixed]
-        observers = [make_observer(self.observer, self.fmt, self.symmetric) for _ in groups]
+        observers = [MinMaxObserver() if group[0] in wide else make_observer(self.observer, self.fmt, self.symmetric)
+                     for group in groups]
         members = [name for group in groups for name in group]
         # observe float activations (with the weights as quantized so far)
         simulator = Simulator(graph, quantized=True, quantize_activations=False)
@@ -118,12 +125,21 @@ class Calibrate(Pass):
                     observer.observe(masked_rows(values[name], mask))
         for group, observer in zip(groups, observers):
             lo, hi = observer.range()
-            spec = choose_spec(None, self.fmt, symmetric=self.symmetric, amin=np.asarray(lo, np.float32),
-                               amax=np.asarray(hi, np.float32))
+            if group[0] in wide:
+                bound = np.float32(WIDE_HEADROOM * max(abs(float(lo)), abs(float(hi))))
+                spec = choose_spec(None, WIDE_FORMAT, symmetric=True, amin=-bound, amax=bound)
+            else:
+                spec = choose_spec(None, self.fmt, symmetric=self.symmetric, amin=np.asarray(lo, np.float32),
+                                   amax=np.asarray(hi, np.float32))
             for name in group:
                 graph.values[name].quant = spec
         log.info("calibrated %d activation groups (%d values) with %s", len(groups), len(members), self.observer)
         return graph
+
+    def wide_values(self, graph: Graph, groups: list[list[str]]) -> set[str]:
+        """Values quantized with WIDE_FORMAT: the integer region's wide points (8-bit integer formats only)."""
+        info = format_info(self.fmt)
+        return set() if info.is_float or info.bits != 8 else wide_points(graph, groups)
 
     def fixed_spec(self, group: list[str], producers: dict[str, Node]) -> QuantSpec | None:
         """Softmax outputs of an integer region: scale 1/256 from the format's lowest code (QSoftmax's
