@@ -29,7 +29,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from bitsmith.errors import BuildError, UnsupportedError
-from bitsmith.interpreter import MASKED_CODE
+from bitsmith.interpreter import MASKED_CODE, SOFTMAX_OUT_BITS
 from bitsmith.ir import Graph, Node
 
 # Float constants with more elements than this become function parameters.
@@ -849,7 +849,8 @@ def emit_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
     steps = R.subtract(R.max(q, axis=axis, keepdims=True), q)
     exps = e.emit(R.take(R.astype(e.operand(node, 1), "int64"), steps, axis=0, mode="clip"))
     total = e.emit(R.sum(exps, axis=axis, keepdims=True))
-    numerator = R.add(R.multiply(exps, _scalar(256, "int64")), R.floor_divide(total, _scalar(2, "int64")))
+    one = _scalar(1 << SOFTMAX_OUT_BITS[a["out_dtype"]], "int64")
+    numerator = R.add(R.multiply(exps, one), R.floor_divide(total, _scalar(2, "int64")))
     probs = R.floor_divide(numerator, total)
     if a["out_zero_point"]:
         probs = R.add(probs, _scalar(a["out_zero_point"], "int64"))
@@ -869,7 +870,8 @@ def _masked_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
     exps = R.take(R.astype(e.operand(node, 1), "int64"), steps, axis=0, mode="clip")
     exps = e.emit(R.where(keep, exps, _scalar(0, "int64")))
     total = e.emit(R.sum(exps, axis=axis, keepdims=True))
-    numerator = R.add(R.multiply(exps, _scalar(256, "int64")), R.floor_divide(total, _scalar(2, "int64")))
+    one = _scalar(1 << SOFTMAX_OUT_BITS[a["out_dtype"]], "int64")
+    numerator = R.add(R.multiply(exps, one), R.floor_divide(total, _scalar(2, "int64")))
     probs = R.floor_divide(numerator, R.maximum(total, _scalar(1, "int64")))
     if a["out_zero_point"]:
         probs = R.add(probs, _scalar(a["out_zero_point"], "int64"))

@@ -546,24 +546,27 @@ def _qsoftmax(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
     axis = attrs["axis"]
     if len(xs) > 2:
         return [_masked_qsoftmax(q, table, xs[2].to(torch.bool), attrs)]
-    exps = table[q.amax(dim=axis, keepdim=True) - q]
+    exps = table[(q.amax(dim=axis, keepdim=True) - q).clamp(max=table.numel() - 1)]
     total = exps.sum(dim=axis, keepdim=True)
-    probs = torch.div(exps * 256 + torch.div(total, 2, rounding_mode="floor"), total, rounding_mode="floor")
+    one = 1 << SOFTMAX_OUT_BITS[attrs["out_dtype"]]
+    probs = torch.div(exps * one + torch.div(total, 2, rounding_mode="floor"), total, rounding_mode="floor")
     out = (probs + attrs["out_zero_point"]).clamp(attrs["out_min"], attrs["out_max"])
     return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
 
 
 MASKED_CODE = -(1 << 16)  # below every code: what masked positions hold while a row's maximum is taken
+SOFTMAX_OUT_BITS = {"uint8": 8, "int8": 8, "int16": 15}  # QSoftmax's output scale is 2^-bits
 
 
 def _masked_qsoftmax(q: Tensor, table: Tensor, keep: Tensor, attrs: dict[str, Any]) -> Tensor:
     """QSoftmax with a `keep` mask (ops.QUANTIZED_OPS): masked positions get exp = 0."""
     axis = attrs["axis"]
     top = torch.where(keep, q, MASKED_CODE).amax(dim=axis, keepdim=True)
-    steps = torch.where(keep, top - q, 0)
+    steps = torch.where(keep, top - q, 0).clamp(max=table.numel() - 1)
     exps = torch.where(keep, table[steps], 0)
     total = exps.sum(dim=axis, keepdim=True)
-    probs = torch.div(exps * 256 + torch.div(total, 2, rounding_mode="floor"), total.clamp(min=1),
+    one = 1 << SOFTMAX_OUT_BITS[attrs["out_dtype"]]
+    probs = torch.div(exps * one + torch.div(total, 2, rounding_mode="floor"), total.clamp(min=1),
                       rounding_mode="floor")
     out = (probs + attrs["out_zero_point"]).clamp(attrs["out_min"], attrs["out_max"])
     return out.to(TORCH_DTYPES[attrs["out_dtype"]])

@@ -115,10 +115,12 @@ QUANTIZED_OPS: dict[str, tuple[str, ...]] = {
     # count_include_pad=1, padding x - x_zero_point with 0); requant(window sum of (x - x_zero_point)).
     "QAveragePool": ("kernel_shape", "strides", "pads", "ceil_mode", "x_zero_point", "multiplier", "shift",
                      "out_zero_point", "out_min", "out_max", "out_dtype"),
-    # inputs: q codes, exp_table int64 [256]: exp_table[d] = rne(2^30 * exp(-d * x_scale)), then optionally
-    # keep (bool, broadcasting to q): the positions that take part (an attention mask).
-    # Along `axis`: e = exp_table[max(q) - q], total = sum(e) (int64), p = (e * 256 + total // 2) // total,
-    # output clamp(p + out_zero_point, out_min, out_max): scale 1/256.
+    # inputs: q codes, exp_table int64 [L]: exp_table[d] = rne(2^30 * exp(-d * x_scale)) (L = 256 for 8-bit
+    # codes; for int16 codes the table ends after its first 0, and larger d read that last entry), then
+    # optionally keep (bool, broadcasting to q): the positions that take part (an attention mask).
+    # Along `axis`: e = exp_table[min(max(q) - q, L - 1)], total = sum(e) (int64),
+    # p = (e * 2^B + total // 2) // total, output clamp(p + out_zero_point, out_min, out_max): scale 2^-B, with
+    # B = 8 for 8-bit output codes (1/256) and 15 for int16 ones.
     # With keep: the maximum runs over the kept positions, e = 0 where keep is false, and the divisor is
     # max(total, 1): a row with no kept position is all zeros (p = 0; float softmax would give 1/n there).
     "QSoftmax": ("axis", "out_zero_point", "out_min", "out_max", "out_dtype"),

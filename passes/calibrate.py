@@ -8,9 +8,10 @@ already be quantized (the observed activations then include the weights' error, 
 Integer activation formats place quantizers for the integer lowering (quant_points' widened region,
 recorded as graph.metadata["activation_region"] = "integer"); there the outputs of a quantized Softmax
 get the fixed spec of QSoftmax (scale 1/256, zero point at the lowest code) instead of an observed one,
-and the wide values (quant_points.wide_points: LayerNorm inputs and the residual Adds computing them) get
-quant_points.WIDE_FORMAT (int16), symmetric, from a min-max observer with WIDE_HEADROOM: 16 bits resolve
-the small channels next to the outliers without clipping, and a larger value at run time does not clip.
+and the wide values (quant_points.wide_points: LayerNorm inputs, the residual Adds computing them, the
+inputs of tables computing wide values) get quant_points.WIDE_FORMAT (int16), symmetric, from a min-max
+observer with WIDE_HEADROOM: 16 bits resolve the small channels next to the outliers without clipping,
+and a larger value at run time does not clip (a wide Softmax output: int16 with scale 2^-15).
 
 `sample_mask` names a graph input (e.g. a transformer's attention_mask, [batch, tokens]) whose zero
 entries mark padding: activations whose leading axes are that shape are observed at the marked
@@ -105,12 +106,12 @@ class Calibrate(Pass):
             graph.metadata["activation_region"] = "integer"
         groups = tied_groups(graph)
         producers = graph.producers()
+        wide = self.wide_values(graph, groups)
         fixed = {i: spec for i, group in enumerate(groups)
-                 if (spec := self.fixed_spec(group, producers)) is not None}
+                 if (spec := self.fixed_spec(group, producers, group[0] in wide)) is not None}
         for i, spec in fixed.items():
             for name in groups[i]:
                 graph.values[name].quant = spec
-        wide = self.wide_values(graph, groups)
         groups = [group for i, group in enumerate(groups) if i not in fixed]
         observers = [MinMaxObserver() if group[0] in wide else make_observer(self.observer, self.fmt, self.symmetric)
                      for group in groups]
@@ -141,12 +142,16 @@ class Calibrate(Pass):
         info = format_info(self.fmt)
         return set() if info.is_float or info.bits != 8 else wide_points(graph, groups)
 
-    def fixed_spec(self, group: list[str], producers: dict[str, Node]) -> QuantSpec | None:
+    def fixed_spec(self, group: list[str], producers: dict[str, Node], wide: bool = False) -> QuantSpec | None:
         """Softmax outputs of an integer region: scale 1/256 from the format's lowest code (QSoftmax's
-        output; probabilities in [0, 1] need no calibration). None for every other group."""
+        output; probabilities in [0, 1] need no calibration), or for a wide one (a graph output) int16 with
+        scale 2^-15 and zero point 0. None for every other group."""
         info = format_info(self.fmt)
         if info.is_float or info.bits != 8 or not any(
                 name in producers and producers[name].op == "Softmax" for name in group):
             return None
+        if wide:
+            return QuantSpec(WIDE_FORMAT, 16, scale=np.asarray(2.0 ** -15, np.float32),
+                             zero_point=np.asarray(0, np.int32), symmetric=True)
         return QuantSpec(self.fmt, 8, scale=np.asarray(1 / 256, np.float32), zero_point=np.asarray(info.qmin, np.int32),
                          symmetric=False)

@@ -49,7 +49,7 @@ import torch
 
 from ..errors import IRError, UnsupportedError
 from ..formats import dequantize, fake_quant, format_info, quantize
-from ..interpreter import INT32_MAX, run_node
+from ..interpreter import INT32_MAX, SOFTMAX_OUT_BITS, run_node
 from ..ir import Graph, Node, QuantSpec, Value
 from .base import Pass
 from .quant_points import (
@@ -391,7 +391,8 @@ class _Lowering:
             folded = self._layer_norm_affine(region)
             if folded is not None:
                 self.norm_regions[producer.name] = folded
-            elif _is_integer_spec(self.spec(region.input)):
+            elif _is_integer_spec(self.spec(region.input)) or (_is_wide_spec(self.spec(region.input))
+                                                                 and region.axis is None):
                 self.regions[producer.name] = region
             else:
                 continue
@@ -649,15 +650,19 @@ class _Lowering:
         mask = self.masks.get(node.name)
         x, out = mask.scores if mask is not None else node.inputs[0], node.outputs[0]
         x_spec, o_spec = self.spec(x), self.spec(out)
-        if not (_is_integer_spec(x_spec) and _is_integer_spec(o_spec)):
+        if not (_has_codes(x_spec) and _has_codes(o_spec)):
             return False
         qmin, qmax = _code_range(o_spec)
-        if _scale(o_spec) != np.float32(1 / 256) or _zero_point(o_spec) != qmin:
+        bits = SOFTMAX_OUT_BITS.get(_code_dtype(o_spec), 0)
+        if _scale(o_spec) != np.float32(2.0 ** -bits) or _zero_point(o_spec) != (qmin if bits == 8 else 0):
             return False
-        steps = np.arange(256, dtype=np.float64)
+        x_min, x_max = _code_range(x_spec)
+        steps = np.arange(x_max - x_min + 1, dtype=np.float64)
         table = np.rint(np.exp(-steps * np.float64(_scale(x_spec))) * 2.0 ** SOFTMAX_EXP_BITS).astype(np.int64)
-        attrs = {"axis": int(node.attrs["axis"]), "out_zero_point": qmin, "out_min": qmin, "out_max": qmax,
-                 "out_dtype": _code_dtype(o_spec)}
+        if len(table) > 256 and table[-1] == 0:  # wide codes: up to the first 0, which larger steps read
+            table = table[:int(np.argmin(table > 0)) + 1]
+        attrs = {"axis": int(node.attrs["axis"]), "out_zero_point": _zero_point(o_spec), "out_min": qmin,
+                 "out_max": qmax, "out_dtype": _code_dtype(o_spec)}
         inputs = [self.codes_of(x), self.constant(f"{node.name}_exp_table", table)]
         if mask is not None:
             inputs.append(self._keep(mask))

@@ -30,10 +30,12 @@ leaves no float island between the input quantizer and the outputs:
   is quantized with the scores as its input: QSoftmax takes `keep` as a mask, so the -big term is never
   quantized;
 - the data input of every LayerNormalization is quantized (QLayerNorm), and so is the output of one that
-  is a graph output. These and the Add chains that compute them (a transformer's residual stream) are
-  *wide* (`wide_points`): Calibrate gives them WIDE_FORMAT (int16) unless a reader needs 8-bit codes
-  (a weighted op, a lookup table, QMul, QSoftmax, a pool), because a per-tensor 8-bit residual stream
-  loses its small channels to the outlier ones.
+  is a graph output. These, Softmax outputs that are graph outputs, and the Add chains that compute them
+  (a transformer's residual stream) are *wide* (`wide_points`), and so are the inputs of the per-tensor
+  tables and Softmaxes that compute wide values: Calibrate gives them WIDE_FORMAT (int16) unless a
+  reader needs 8-bit codes (a weighted op, a per-channel table, QMul, a pool), because a per-tensor
+  8-bit residual stream loses its small channels to the outlier ones, and an 8-bit input would be the
+  bottleneck of a 16-bit table (magika's GELUs before its LayerNorms) or probability.
 """
 
 from __future__ import annotations
@@ -389,29 +391,64 @@ WIDE_FORMAT = "int16"
 
 def wide_points(graph: Graph, groups: list[list[str]] | None = None) -> set[str]:
     """The activations of an integer region that get WIDE_FORMAT (module docstring): LayerNorm inputs and
-    outputs that are quantized only for QLayerNorm, the Adds computing them and their operands, through
-    ties; a tied group is wide only when no member has a reader that needs 8-bit codes."""
+    outputs that are quantized only for QLayerNorm, Softmax outputs that leave the graph, the Adds computing
+    them and their operands, through ties; then, to a fixpoint, the inputs of the per-tensor tables and
+    Softmaxes that compute wide values (16-bit codes in, 16-bit codes out). A tied group is wide only when
+    no member has a reader that needs 8-bit codes."""
     groups = tied_groups(graph, integer=True) if groups is None else groups
     group_of = {name: i for i, group in enumerate(groups) for name in group}
     producers, consumers = graph.producers(), graph.consumers()
-    work = [v for v in _layer_norm_points(graph) if v in group_of]
-    wide: set[int] = set()
-    while work:
-        index = group_of[work.pop()]
-        if index in wide:
-            continue
-        wide.add(index)
-        for name in groups[index]:
-            node = producers.get(name)
-            if node is not None and node.op == "Add" and _propagates(graph, node, integer=True):
-                work += [i for i in node.inputs if i in group_of]
-    narrow = {i for i in wide for name in groups[i]
-              if any(_needs_narrow_codes(graph, name, user, producers) for user in consumers.get(name, []))}
-    return {name for i in wide - narrow for name in groups[i]}
+    seeds = [v for v in _layer_norm_points(graph) + _softmax_outputs(graph, producers, consumers) if v in group_of]
+    wide_readers: dict[str, set[str]] = {}  # value -> the table / Softmax nodes that read it as wide codes
+    while True:
+        wide: set[int] = set()
+        work = list(seeds)
+        while work:
+            index = group_of[work.pop()]
+            if index in wide:
+                continue
+            wide.add(index)
+            for name in groups[index]:
+                node = producers.get(name)
+                if node is not None and node.op == "Add" and _propagates(graph, node, integer=True):
+                    work += [i for i in node.inputs if i in group_of]
+        wide -= {i for i in wide for name in groups[i] if any(
+            _needs_narrow_codes(graph, name, user, producers, wide_readers) for user in consumers.get(name, []))}
+        names = {name for i in wide for name in groups[i]}
+        found = _wide_readers(graph, names, producers, consumers)
+        fresh = {v: nodes for v, nodes in found.items() if v in group_of and v not in wide_readers}
+        if not fresh:
+            return names
+        wide_readers.update(fresh)
+        seeds += list(fresh)
 
 
-def _needs_narrow_codes(graph: Graph, name: str, user: Node, producers: dict[str, Node]) -> bool:
+def _softmax_outputs(graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> list[str]:
+    """Outputs of QSoftmaxes that leave the graph (a classifier's probabilities)."""
+    return [n.outputs[0] for n in graph.nodes if n.outputs[0] in graph.outputs
+            and _quantized_softmax(graph, n, producers, consumers)]
+
+
+def _wide_readers(graph: Graph, names: set[str], producers: dict[str, Node], consumers: dict[str, list[Node]]
+                  ) -> dict[str, set[str]]:
+    """For the wide values `names`: the inputs of the per-tensor tables and the Softmaxes computing them,
+    each with the nodes that read it."""
+    readers: dict[str, set[str]] = {}
+    for name in names:
+        region = _table_region(graph, name, producers, consumers)
+        node = producers.get(name)
+        if region is not None and region.axis is None:
+            readers.setdefault(region.input, set()).update(n.name for n in region.nodes)
+        elif node is not None and (logits := _softmax_input(graph, node, producers, consumers)) is not None:
+            readers.setdefault(logits, set()).add(node.name)
+    return readers
+
+
+def _needs_narrow_codes(graph: Graph, name: str, user: Node, producers: dict[str, Node],
+                        wide_readers: dict[str, set[str]]) -> bool:
     """Whether `user` reads activation `name` in an integer op whose kernel takes 8-bit codes only."""
+    if user.name in wide_readers.get(name, ()):
+        return False  # a table or Softmax computing a wide value
     if user.op in WEIGHTED_OPS or user.op in ("Softmax", "AveragePool", "GlobalAveragePool"):
         return True
     if user.op == "Mul" and all(_is_activation(graph, i) for i in user.inputs):

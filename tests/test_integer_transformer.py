@@ -100,6 +100,26 @@ def test_qlayer_norm_over_two_axes_and_a_large_epsilon(tmp_path):
     assert np.abs(got - expected).max() <= float(out_spec.scale) * 0.51
 
 
+def test_wide_qsoftmax_and_a_16_bit_table(tmp_path):
+    """int16 codes in: QSoftmax with an exp table cut after its first zero (larger steps read it), int16
+    probabilities (scale 2^-15) out; QLookup over all 65536 codes."""
+    q = codes(4, 37, dtype="int16")
+    q[0] = 1000  # flat
+    q[1, :3] = [32767, -32768, 32767]  # the widest steps
+    scale = 20.0 / 32768
+    table = np.rint(np.exp(-np.arange(65536) * scale) * 2.0 ** 30).astype(np.int64)
+    table = table[:int(np.argmin(table > 0)) + 1]
+    assert len(table) < 65536 and table[-1] == 0
+    attrs = {"axis": 1, "out_zero_point": 0, "out_min": -32768, "out_max": 32767, "out_dtype": "int16"}
+    graph = one_node("QSoftmax", {"q": q}, attrs, {"table": table})
+    assert_bit_exact(graph, {"q": q}, tmp_path)
+    probs = run_graph(graph, {"q": q})["y"].astype(np.float64) / 2 ** 15
+    expected = torch.softmax(torch.from_numpy(q.astype(np.float64) * scale), dim=1).numpy()
+    assert np.abs(probs - expected).max() <= 2.0 ** -15
+    lookup = one_node("QLookup", {"q": q}, {"qmin": -32768, "axis": 0}, {"table": codes(65536, dtype="int16")})
+    assert_bit_exact(lookup, {"q": q}, tmp_path)
+
+
 def test_masked_qsoftmax(tmp_path):
     q = codes(3, 2, 5, 12)
     q[0, 0, 0] = 255  # a flat row at the top code
@@ -228,7 +248,7 @@ def test_magika_w8a8_artifact_equals_the_integer_reference(tmp_path):
     fp32 = Simulator(compiled.graph, quantized=False)
     agree = [run_graph(compiled.lowered, f)["target_label"].argmax(-1) == fp32.run(f)["target_label"].argmax(-1)
              for f in feeds]
-    assert np.mean(agree) >= 0.9  # 16 files here; measured 0.98 on 512 (docs/design/integer_lowering.md)
+    assert np.mean(agree) >= 0.9  # 16 files here; measured 0.986 on 512 (docs/design/integer_lowering.md)
 
 
 @pytest.mark.slow
