@@ -29,7 +29,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from bitsmith.errors import BuildError, UnsupportedError
-from bitsmith.interpreter import MASKED_CODE, SOFTMAX_OUT_BITS
+from bitsmith.interpreter import MASKED_CODE, SOFTMAX_OUT_BITS, SOFTMAX_RECIPROCAL_BITS
 from bitsmith.ir import Graph, Node
 
 # Float constants with more elements than this become function parameters.
@@ -848,10 +848,16 @@ def emit_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
     q = e.emit(R.astype(e.operand(node, 0), "int32"))
     steps = R.subtract(R.max(q, axis=axis, keepdims=True), q)
     exps = e.emit(R.take(R.astype(e.operand(node, 1), "int64"), steps, axis=0, mode="clip"))
-    total = e.emit(R.sum(exps, axis=axis, keepdims=True))
-    one = _scalar(1 << SOFTMAX_OUT_BITS[a["out_dtype"]], "int64")
-    numerator = R.add(R.multiply(exps, one), R.floor_divide(total, _scalar(2, "int64")))
-    probs = R.floor_divide(numerator, total)
+    return _softmax_probabilities(e, exps, e.emit(R.sum(exps, axis=axis, keepdims=True)), a)
+
+
+def _softmax_probabilities(e: _Emitter, exps: relax.Expr, total: relax.Expr, a: dict) -> relax.Expr:
+    """One division per row (2^62 // max(total, 1)), then multiply and shift, as the interpreter's
+    _softmax_probabilities: a division per element costs more than the rest of the softmax."""
+    shift = SOFTMAX_RECIPROCAL_BITS - SOFTMAX_OUT_BITS[a["out_dtype"]]
+    inverse = R.floor_divide(_scalar(1 << SOFTMAX_RECIPROCAL_BITS, "int64"), R.maximum(total, _scalar(1, "int64")))
+    probs = R.right_shift(R.add(R.multiply(exps, e.emit(inverse)), _scalar(1 << (shift - 1), "int64")),
+                          _scalar(shift, "int64"))
     if a["out_zero_point"]:
         probs = R.add(probs, _scalar(a["out_zero_point"], "int64"))
     probs = R.minimum(R.maximum(probs, _scalar(a["out_min"], "int64")), _scalar(a["out_max"], "int64"))
@@ -859,8 +865,8 @@ def emit_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
 
 
 def _masked_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
-    """QSoftmax with its `keep` mask: the row maximum over kept positions, exp = 0 elsewhere, and the
-    divisor max(total, 1) (a row with nothing kept is all zeros), as interpreter._masked_qsoftmax."""
+    """QSoftmax with its `keep` mask: the row maximum over kept positions, exp = 0 elsewhere (a row with
+    nothing kept is all zeros), as interpreter._masked_qsoftmax."""
     a = node.attrs
     axis = int(a["axis"])
     q = e.emit(R.astype(e.operand(node, 0), "int32"))
@@ -869,14 +875,7 @@ def _masked_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
     steps = e.emit(R.where(keep, R.subtract(top, q), _scalar(0, "int32")))
     exps = R.take(R.astype(e.operand(node, 1), "int64"), steps, axis=0, mode="clip")
     exps = e.emit(R.where(keep, exps, _scalar(0, "int64")))
-    total = e.emit(R.sum(exps, axis=axis, keepdims=True))
-    one = _scalar(1 << SOFTMAX_OUT_BITS[a["out_dtype"]], "int64")
-    numerator = R.add(R.multiply(exps, one), R.floor_divide(total, _scalar(2, "int64")))
-    probs = R.floor_divide(numerator, R.maximum(total, _scalar(1, "int64")))
-    if a["out_zero_point"]:
-        probs = R.add(probs, _scalar(a["out_zero_point"], "int64"))
-    probs = R.minimum(R.maximum(probs, _scalar(a["out_min"], "int64")), _scalar(a["out_max"], "int64"))
-    return R.astype(probs, a["out_dtype"])
+    return _softmax_probabilities(e, exps, e.emit(R.sum(exps, axis=axis, keepdims=True)), a)
 
 
 def _isqrt(e: _Emitter, v: relax.Expr) -> relax.Expr:

@@ -547,15 +547,12 @@ def _qsoftmax(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
     if len(xs) > 2:
         return [_masked_qsoftmax(q, table, xs[2].to(torch.bool), attrs)]
     exps = table[(q.amax(dim=axis, keepdim=True) - q).clamp(max=table.numel() - 1)]
-    total = exps.sum(dim=axis, keepdim=True)
-    one = 1 << SOFTMAX_OUT_BITS[attrs["out_dtype"]]
-    probs = torch.div(exps * one + torch.div(total, 2, rounding_mode="floor"), total, rounding_mode="floor")
-    out = (probs + attrs["out_zero_point"]).clamp(attrs["out_min"], attrs["out_max"])
-    return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
+    return [_softmax_probabilities(exps, exps.sum(dim=axis, keepdim=True), attrs)]
 
 
 MASKED_CODE = -(1 << 16)  # below every code: what masked positions hold while a row's maximum is taken
 SOFTMAX_OUT_BITS = {"uint8": 8, "int8": 8, "int16": 15}  # QSoftmax's output scale is 2^-bits
+SOFTMAX_RECIPROCAL_BITS = 62  # QSoftmax divides 2^62 by each row's sum once
 
 
 def _masked_qsoftmax(q: Tensor, table: Tensor, keep: Tensor, attrs: dict[str, Any]) -> Tensor:
@@ -564,10 +561,16 @@ def _masked_qsoftmax(q: Tensor, table: Tensor, keep: Tensor, attrs: dict[str, An
     top = torch.where(keep, q, MASKED_CODE).amax(dim=axis, keepdim=True)
     steps = torch.where(keep, top - q, 0).clamp(max=table.numel() - 1)
     exps = torch.where(keep, table[steps], 0)
-    total = exps.sum(dim=axis, keepdim=True)
-    one = 1 << SOFTMAX_OUT_BITS[attrs["out_dtype"]]
-    probs = torch.div(exps * one + torch.div(total, 2, rounding_mode="floor"), total.clamp(min=1),
-                      rounding_mode="floor")
+    return _softmax_probabilities(exps, exps.sum(dim=axis, keepdim=True), attrs)
+
+
+def _softmax_probabilities(exps: Tensor, total: Tensor, attrs: dict[str, Any]) -> Tensor:
+    """QSoftmax's output codes: one division per row, inv = 2^62 // max(total, 1), then
+    p = (e * inv + 2^(61 - B)) >> (62 - B) (e <= total, so e * inv <= 2^62)."""
+    shift = SOFTMAX_RECIPROCAL_BITS - SOFTMAX_OUT_BITS[attrs["out_dtype"]]
+    inverse = torch.div(torch.full_like(total, 1 << SOFTMAX_RECIPROCAL_BITS), total.clamp(min=1),
+                        rounding_mode="floor")
+    probs = torch.bitwise_right_shift(exps * inverse + (1 << (shift - 1)), shift)
     out = (probs + attrs["out_zero_point"]).clamp(attrs["out_min"], attrs["out_max"])
     return out.to(TORCH_DTYPES[attrs["out_dtype"]])
 

@@ -118,11 +118,12 @@ QUANTIZED_OPS: dict[str, tuple[str, ...]] = {
     # inputs: q codes, exp_table int64 [L]: exp_table[d] = rne(2^30 * exp(-d * x_scale)) (L = 256 for 8-bit
     # codes; for int16 codes the table ends after its first 0, and larger d read that last entry), then
     # optionally keep (bool, broadcasting to q): the positions that take part (an attention mask).
-    # Along `axis`: e = exp_table[min(max(q) - q, L - 1)], total = sum(e) (int64),
-    # p = (e * 2^B + total // 2) // total, output clamp(p + out_zero_point, out_min, out_max): scale 2^-B, with
+    # Along `axis`: e = exp_table[min(max(q) - q, L - 1)], total = sum(e) (int64), one division per row
+    # inv = 2^62 // max(total, 1), p = (e * inv + 2^(61 - B)) >> (62 - B) (e * 2^B / total rounded, but for
+    # ties within 2^-17 of a step), output clamp(p + out_zero_point, out_min, out_max): scale 2^-B, with
     # B = 8 for 8-bit output codes (1/256) and 15 for int16 ones.
-    # With keep: the maximum runs over the kept positions, e = 0 where keep is false, and the divisor is
-    # max(total, 1): a row with no kept position is all zeros (p = 0; float softmax would give 1/n there).
+    # With keep: the maximum runs over the kept positions and e = 0 where keep is false: a row with no
+    # kept position is all zeros (p = 0; float softmax would give 1/n there).
     "QSoftmax": ("axis", "out_zero_point", "out_min", "out_max", "out_dtype"),
 }
 QUANTIZED_OPS.update({
