@@ -701,14 +701,25 @@ class _Lowering:
         QLayerNorm of the LayerNorm's input with gamma' = a gamma, beta' = a beta + b."""
         return self._emit_layer_norm(folded.layer_norm, folded.gamma, folded.beta, folded.region.output, node.name)
 
-    def _emit_layer_norm(self, layer_norm: Node, gamma: np.ndarray, beta: np.ndarray, out: str, base: str) -> bool:
+    def _layer_norm_constants(self, layer_norm: Node, gamma: np.ndarray, beta: np.ndarray, out: str
+                              ) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+        """`layer_norm_constants` for this LayerNorm and output, or None (logged) when they do not fit int64."""
         x = layer_norm.inputs[0]
-        axis = int(layer_norm.attrs["axis"])
-        shape = self.src.values[x].shape
-        count = int(np.prod(shape[axis:]))
-        x_spec, o_spec = self.spec(x), self.spec(out)
-        attrs, multiplier, bias = layer_norm_constants(count, _present(x_spec), float(layer_norm.attrs["epsilon"]),
-                                                       gamma, beta, _present(o_spec))
+        count = int(np.prod(self.src.values[x].shape[int(layer_norm.attrs["axis"]):]))
+        try:
+            return layer_norm_constants(count, _present(self.spec(x)), float(layer_norm.attrs["epsilon"]), gamma,
+                                        beta, _present(self.spec(out)))
+        except UnsupportedError as exc:
+            log.warning("node %s stays float: %s", layer_norm.name, exc)
+            return None
+
+    def _emit_layer_norm(self, layer_norm: Node, gamma: np.ndarray, beta: np.ndarray, out: str, base: str) -> bool:
+        x, axis = layer_norm.inputs[0], int(layer_norm.attrs["axis"])
+        o_spec = self.spec(out)
+        constants = self._layer_norm_constants(layer_norm, gamma, beta, out)
+        if constants is None:
+            return False
+        attrs, multiplier, bias = constants
         (result,) = self.emit("QLayerNorm", [self.codes_of(x), self.constant(f"{base}_multiplier", multiplier),
                                              self.constant(f"{base}_bias", bias)],
                               [(self.fresh(f"{out}_q"), self.src.values[out].shape, _code_dtype(o_spec))],
@@ -759,7 +770,10 @@ class _Lowering:
         at_zero, at_one = result[0][(0,) * axis], result[1][(0,) * axis]
         a, b = np.broadcast_to(at_one - at_zero, normalized), np.broadcast_to(at_zero, normalized)
         gamma, beta = parameters
-        return NormRegion(region, layer_norm, a * gamma, a * beta + b)
+        folded = NormRegion(region, layer_norm, a * gamma, a * beta + b)
+        if self._layer_norm_constants(layer_norm, folded.gamma, folded.beta, region.output) is None:
+            return None  # the region stays float (its LayerNorm too, unless its own output is quantized)
+        return folded
 
     # -- lookup tables --------------------------------------------------------------------------
     def _lookup(self, node: Node, region: LookupRegion) -> bool:
