@@ -29,6 +29,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from bitsmith.errors import BuildError, UnsupportedError
+from bitsmith.interpreter import MASKED_CODE, SOFTMAX_OUT_BITS, SOFTMAX_RECIPROCAL_BITS
 from bitsmith.ir import Graph, Node
 
 # Float constants with more elements than this become function parameters.
@@ -906,16 +907,76 @@ def emit_qaverage_pool(e: _Emitter, node: Node) -> relax.Expr:
 def emit_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
     a = node.attrs
     axis = int(a["axis"])
+    if e.has_operand(node, 2):
+        return _masked_qsoftmax(e, node)
     q = e.emit(R.astype(e.operand(node, 0), "int32"))
     steps = R.subtract(R.max(q, axis=axis, keepdims=True), q)
     exps = e.emit(R.take(R.astype(e.operand(node, 1), "int64"), steps, axis=0, mode="clip"))
-    total = e.emit(R.sum(exps, axis=axis, keepdims=True))
-    numerator = R.add(R.multiply(exps, _scalar(256, "int64")), R.floor_divide(total, _scalar(2, "int64")))
-    probs = R.floor_divide(numerator, total)
+    return _softmax_probabilities(e, exps, e.emit(R.sum(exps, axis=axis, keepdims=True)), a)
+
+
+def _softmax_probabilities(e: _Emitter, exps: relax.Expr, total: relax.Expr, a: dict) -> relax.Expr:
+    """One division per row (2^62 // max(total, 1)), then multiply and shift, as the interpreter's
+    _softmax_probabilities: a division per element costs more than the rest of the softmax."""
+    shift = SOFTMAX_RECIPROCAL_BITS - SOFTMAX_OUT_BITS[a["out_dtype"]]
+    inverse = R.floor_divide(_scalar(1 << SOFTMAX_RECIPROCAL_BITS, "int64"), R.maximum(total, _scalar(1, "int64")))
+    probs = R.right_shift(R.add(R.multiply(exps, e.emit(inverse)), _scalar(1 << (shift - 1), "int64")),
+                          _scalar(shift, "int64"))
     if a["out_zero_point"]:
         probs = R.add(probs, _scalar(a["out_zero_point"], "int64"))
     probs = R.minimum(R.maximum(probs, _scalar(a["out_min"], "int64")), _scalar(a["out_max"], "int64"))
     return R.astype(probs, a["out_dtype"])
+
+
+def _masked_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
+    """QSoftmax with its `keep` mask: the row maximum over kept positions, exp = 0 elsewhere (a row with
+    nothing kept is all zeros), as interpreter._masked_qsoftmax."""
+    a = node.attrs
+    axis = int(a["axis"])
+    q = e.emit(R.astype(e.operand(node, 0), "int32"))
+    keep = e.emit(R.astype(e.operand(node, 2), "bool"))
+    top = R.max(R.where(keep, q, _scalar(MASKED_CODE, "int32")), axis=axis, keepdims=True)
+    steps = e.emit(R.where(keep, R.subtract(top, q), _scalar(0, "int32")))
+    exps = R.take(R.astype(e.operand(node, 1), "int64"), steps, axis=0, mode="clip")
+    exps = e.emit(R.where(keep, exps, _scalar(0, "int64")))
+    return _softmax_probabilities(e, exps, e.emit(R.sum(exps, axis=axis, keepdims=True)), a)
+
+
+def _isqrt(e: _Emitter, v: relax.Expr) -> relax.Expr:
+    """floor(sqrt(v)) of int64 v in [0, 2^62) exactly, as interpreter.isqrt: float64 square root (correctly
+    rounded), floor, then one integer correction each way."""
+    root = e.emit(R.astype(R.floor(R.sqrt(R.astype(v, "float64"))), "int64"))
+    one = _scalar(1, "int64")
+    root = e.emit(R.subtract(root, R.astype(R.greater(R.multiply(root, root), v), "int64")))
+    above = R.add(root, one)
+    return R.add(root, R.astype(R.less_equal(R.multiply(above, above), v), "int64"))
+
+
+def emit_qlayer_norm(e: _Emitter, node: Node) -> relax.Expr:
+    """QLayerNorm in int64 (ops.QUANTIZED_OPS): row sums, an exact integer square root, one division per
+    row, then the folded gamma / beta and the output shift."""
+    a = node.attrs
+    shape = e.shape(node.inputs[0])
+    axes = list(range(int(a["axis"]), len(shape)))
+    count = _scalar(int(np.prod(shape[int(a["axis"]):])), "int64")
+    centered = R.astype(e.operand(node, 0), "int64")
+    if a["x_zero_point"]:
+        centered = R.subtract(centered, _scalar(a["x_zero_point"], "int64"))
+    centered = e.emit(centered)
+    s1 = e.emit(R.sum(centered, axis=axes, keepdims=True))
+    s2 = R.sum(R.multiply(centered, centered), axis=axes, keepdims=True)
+    variance = R.add(R.subtract(R.multiply(count, s2), R.multiply(s1, s1)), _scalar(a["epsilon"], "int64"))
+    scaled = e.emit(R.left_shift(variance, _scalar(2 * int(a["sqrt_shift"]), "int64")))
+    root = R.maximum(_isqrt(e, scaled), _scalar(1, "int64"))
+    inverse = e.emit(R.floor_divide(_scalar(1 << int(a["inv_shift"]), "int64"), root))
+    norm_shift = int(a["norm_shift"])
+    deviation = R.subtract(R.multiply(count, centered), s1)
+    normalized = R.right_shift(R.add(R.multiply(deviation, inverse), _scalar(1 << (norm_shift - 1), "int64")),
+                               _scalar(norm_shift, "int64"))
+    multiplier = relax.const(_static(e, node, 1).astype(np.int64), "int64")
+    bias = relax.const(_static(e, node, 2).astype(np.int64), "int64")
+    affine = R.add(R.multiply(normalized, multiplier), bias)
+    return _requantize(e, affine, 1, int(a["shift"]), len(shape), 0, a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -956,3 +1017,4 @@ EMITTERS: dict[str, Emitter] = {
     "QConv": emit_qconv, "QConvTranspose": emit_qconv_transpose, "QMatMul": emit_qmatmul, "QAdd": emit_qadd, "QMul": emit_qmul, "QLookup": emit_qlookup,
     "QGlobalAveragePool": emit_qglobal_average_pool, "QAveragePool": emit_qaverage_pool, "QSoftmax": emit_qsoftmax,
 }
+EMITTERS["QLayerNorm"] = emit_qlayer_norm

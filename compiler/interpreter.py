@@ -566,10 +566,62 @@ def _qaverage_pool(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
 def _qsoftmax(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
     q, table = xs[0].to(torch.int64), xs[1].to(torch.int64)
     axis = attrs["axis"]
-    exps = table[q.amax(dim=axis, keepdim=True) - q]
-    total = exps.sum(dim=axis, keepdim=True)
-    probs = torch.div(exps * 256 + torch.div(total, 2, rounding_mode="floor"), total, rounding_mode="floor")
+    if len(xs) > 2:
+        return [_masked_qsoftmax(q, table, xs[2].to(torch.bool), attrs)]
+    exps = table[(q.amax(dim=axis, keepdim=True) - q).clamp(max=table.numel() - 1)]
+    return [_softmax_probabilities(exps, exps.sum(dim=axis, keepdim=True), attrs)]
+
+
+MASKED_CODE = -(1 << 16)  # below every code: what masked positions hold while a row's maximum is taken
+SOFTMAX_OUT_BITS = {"uint8": 8, "int8": 8, "int16": 15}  # QSoftmax's output scale is 2^-bits
+SOFTMAX_RECIPROCAL_BITS = 62  # QSoftmax divides 2^62 by each row's sum once
+
+
+def _masked_qsoftmax(q: Tensor, table: Tensor, keep: Tensor, attrs: dict[str, Any]) -> Tensor:
+    """QSoftmax with a `keep` mask (ops.QUANTIZED_OPS): masked positions get exp = 0."""
+    axis = attrs["axis"]
+    top = torch.where(keep, q, MASKED_CODE).amax(dim=axis, keepdim=True)
+    steps = torch.where(keep, top - q, 0).clamp(max=table.numel() - 1)
+    exps = torch.where(keep, table[steps], 0)
+    return _softmax_probabilities(exps, exps.sum(dim=axis, keepdim=True), attrs)
+
+
+def _softmax_probabilities(exps: Tensor, total: Tensor, attrs: dict[str, Any]) -> Tensor:
+    """QSoftmax's output codes: one division per row, inv = 2^62 // max(total, 1), then
+    p = (e * inv + 2^(61 - B)) >> (62 - B) (e <= total, so e * inv <= 2^62)."""
+    shift = SOFTMAX_RECIPROCAL_BITS - SOFTMAX_OUT_BITS[attrs["out_dtype"]]
+    inverse = torch.div(torch.full_like(total, 1 << SOFTMAX_RECIPROCAL_BITS), total.clamp(min=1),
+                        rounding_mode="floor")
+    probs = torch.bitwise_right_shift(exps * inverse + (1 << (shift - 1)), shift)
     out = (probs + attrs["out_zero_point"]).clamp(attrs["out_min"], attrs["out_max"])
+    return out.to(TORCH_DTYPES[attrs["out_dtype"]])
+
+
+def isqrt(v: Tensor) -> Tensor:
+    """floor(sqrt(v)) of int64 v in [0, 2^62), exactly: float64's correctly rounded square root of the
+    (rounded) value is within 2^-21 of the true root, so its floor is off by at most one, which two
+    integer comparisons correct."""
+    root = torch.sqrt(v.to(torch.float64)).floor().to(torch.int64)
+    root = root - (root * root > v).to(torch.int64)
+    return root + ((root + 1) * (root + 1) <= v).to(torch.int64)
+
+
+@kernel("QLayerNorm")
+def _qlayer_norm(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    x, multiplier, bias = xs
+    axes = tuple(range(attrs["axis"], x.dim()))
+    count = int(np.prod(x.shape[attrs["axis"]:]))
+    centered = x.to(torch.int64) - attrs["x_zero_point"]
+    s1 = centered.sum(dim=axes, keepdim=True)
+    s2 = (centered * centered).sum(dim=axes, keepdim=True)
+    variance = count * s2 - s1 * s1 + attrs["epsilon"]
+    root = isqrt(torch.bitwise_left_shift(variance, 2 * attrs["sqrt_shift"])).clamp(min=1)
+    inverse = torch.div(torch.full_like(root, 1 << attrs["inv_shift"]), root, rounding_mode="floor")
+    norm_shift = attrs["norm_shift"]
+    deviation = count * centered - s1
+    normalized = torch.bitwise_right_shift(deviation * inverse + (1 << (norm_shift - 1)), norm_shift)
+    affine = normalized * multiplier.to(torch.int64) + bias.to(torch.int64)
+    out = requantize(affine, 1, attrs["shift"], attrs["out_zero_point"], attrs["out_min"], attrs["out_max"])
     return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
 
 

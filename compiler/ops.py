@@ -121,9 +121,31 @@ QUANTIZED_OPS: dict[str, tuple[str, ...]] = {
     # count_include_pad=1, padding x - x_zero_point with 0); requant(window sum of (x - x_zero_point)).
     "QAveragePool": ("kernel_shape", "strides", "pads", "ceil_mode", "x_zero_point", "multiplier", "shift",
                      "out_zero_point", "out_min", "out_max", "out_dtype"),
-    # inputs: q codes, exp_table int64 [256]: exp_table[d] = rne(2^30 * exp(-d * x_scale)).
-    # Along `axis`: e = exp_table[max(q) - q], total = sum(e) (int64), p = (e * 256 + total // 2) // total,
-    # output clamp(p + out_zero_point, out_min, out_max): scale 1/256.
+    # inputs: q codes, exp_table int64 [L]: exp_table[d] = rne(2^30 * exp(-d * x_scale)) (L = 256 for 8-bit
+    # codes; for int16 codes the table ends after its first 0, and larger d read that last entry), then
+    # optionally keep (bool, broadcasting to q): the positions that take part (an attention mask).
+    # Along `axis`: e = exp_table[min(max(q) - q, L - 1)], total = sum(e) (int64), one division per row
+    # inv = 2^62 // max(total, 1), p = (e * inv + 2^(61 - B)) >> (62 - B) (e * 2^B / total rounded, but for
+    # ties within 2^-17 of a step), output clamp(p + out_zero_point, out_min, out_max): scale 2^-B, with
+    # B = 8 for 8-bit output codes (1/256) and 15 for int16 ones.
+    # With keep: the maximum runs over the kept positions and e = 0 where keep is false: a row with no
+    # kept position is all zeros (p = 0; float softmax would give 1/n there).
     "QSoftmax": ("axis", "out_zero_point", "out_min", "out_max", "out_dtype"),
 }
+QUANTIZED_OPS.update({
+    # inputs: x codes [..., normalized dims], multiplier int64 and bias int64 (the normalized dims' shape,
+    # or broadcasting to it: gamma and beta folded). Normalizes the axes >= `axis` (C elements per row), in
+    # int64 (I-BERT's integer LayerNorm, with an exact square root):
+    #   xc = x - x_zero_point;  S1 = sum(xc);  S2 = sum(xc^2)
+    #   V = C * S2 - S1^2 + epsilon                 (= C^2 (var + eps) / x_scale^2; epsilon is an integer)
+    #   R = max(1, isqrt(V << 2 * sqrt_shift))      (isqrt(v) = floor(sqrt(v)), exact)
+    #   inv = (1 << inv_shift) // R                 (one division per row)
+    #   N = ((C * xc - S1) * inv + 2^(norm_shift-1)) >> norm_shift   ((x - mean) / std with F fractional bits,
+    #                                                F = inv_shift - sqrt_shift - norm_shift)
+    #   out = clamp(((N * multiplier + bias + 2^(shift-1)) >> shift) + out_zero_point, out_min, out_max)
+    # multiplier = rne(gamma / out_scale * 2^(shift - F)), bias = rne(beta / out_scale * 2^shift). The
+    # lowering chooses the shifts so that nothing leaves int64 (and V << 2 sqrt_shift < 2^62).
+    "QLayerNorm": ("axis", "x_zero_point", "epsilon", "sqrt_shift", "inv_shift", "norm_shift", "shift",
+                   "out_zero_point", "out_min", "out_max", "out_dtype"),
+})
 OPS.update(QUANTIZED_OPS)

@@ -2,10 +2,10 @@
 
     graph = quantize(graph, preset("w8a8"), calibration)      # QuantSpecs on weights and activations
 
-Order: fold BatchNorm -> algorithms that rescale weights and activations (SmoothQuant, AWQ) ->
-weight specs -> algorithms that rewrite weights on a fixed grid or refine weight specs (GPTQ, FP
-format search) -> activation calibration -> algorithms that refine activation specs or biases (FP
-format search, bias correction). Each step is a pass in bitsmith.passes; the recipe says which run.
+Order: fold BatchNorm, canonicalize exporters' spellings (passes/canonicalize.py) -> algorithms that
+rescale weights and activations (SmoothQuant, AWQ) -> weight specs -> algorithms that rewrite weights
+on a fixed grid or refine weight specs (GPTQ, FP format search) -> activation calibration -> algorithms
+that refine activation specs or biases (FP format search, bias correction). Each step is a pass in bitsmith.passes; the recipe says which run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .passes.awq import AWQ
 from .passes.base import Pass
 from .passes.bias_correction import BiasCorrection
 from .passes.calibrate import Calibrate, check_calibration_feeds
+from .passes.canonicalize import Canonicalize
 from .passes.channel_shift import ChannelShift
 from .passes.fold_batchnorm import FoldBatchNorm
 from .passes.fp_search import FPSearchActivations, FPSearchWeights, parse_formats
@@ -94,7 +95,7 @@ def quantize(graph: Graph, recipe: QuantRecipe, calibration: Iterable[Mapping[st
              quiet: bool = True) -> Graph:
     """A quantized copy of `graph` (QuantSpec annotations; constants possibly rewritten)."""
     feeds: Feeds = list(calibration)
-    graph = FoldBatchNorm()(graph.copy())
+    graph = Canonicalize()(FoldBatchNorm()(graph.copy()))
     if recipe.activations is not None or recipe.algorithms:
         check_calibration_feeds(graph, feeds)
     for p in _algorithms(recipe, "before_weights", feeds):

@@ -8,7 +8,8 @@ forward pass is autograd-friendly (straight-through estimator), which the Hessia
 relies on.
 
 `integer_exact=True` makes the values equal the integer reference (passes/lower_integer.py: the lowered
-graph run by the interpreter's integer kernels) bit for bit, for graphs with 8-bit integer activations.
+graph run by the interpreter's integer kernels) bit for bit, for graphs with 8-bit integer activations
+(and the int16 wide values their integer region adds, quant_points.wide_points).
 Fake quantization rounds float sums; integer hardware does not, so the two can part by a code: fed the
 same inputs, the requantized Conv / MatMul outputs of the CNN zoo models differ at 0.01-0.2% of their
 codes, by one step (float32 accumulation and float biases against exact int32 sums with int32 bias codes,

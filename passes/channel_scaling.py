@@ -6,7 +6,10 @@ where it costs least:
 - folded into the producing LayerNormalization's scale and bias (normalizing the last axis only);
 - folded into the producing Conv's output channels (weight rows and bias), or into the producing
   MatMul + bias Add's output columns;
-both only when every reader of X is one of the rescaled layers and X is not a graph output;
+- folded through attention into the value projection: X = heads merged from P @ V, V = heads split from
+  MatMul + bias Add, where channel c of X is channel c of the projection (P mixes tokens, not channels,
+  so P @ (V / s) = (P @ V) / s);
+all only when every reader of X is one of the rescaled layers and X is not a graph output;
 - otherwise through a new Mul(X, 1/s) node that only the rescaled layers read.
 """
 
@@ -15,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from ..interpreter import run_node
 from ..ir import Graph, Node
 from .linear_layers import LinearLayer, private_constant
 
@@ -113,8 +118,49 @@ def _fold_into_matmul_bias(graph: Graph, add: Node, inverse: np.ndarray) -> bool
     return True
 
 
+HEAD_OPS = ("Reshape", "Transpose")  # how attention splits channels into heads and merges them back
+
+
+def _fold_into_attention_values(graph: Graph, node: Node, inverse: np.ndarray) -> bool:
+    """X = merge(MatMul(P, split(Add(bias, MatMul(x, W))))), merge and split made of Reshape / Transpose,
+    each value read once: 1/s goes into W's columns and the bias when channel c of X is channel c of the
+    projection (checked by carrying channel indices through split and merge)."""
+    producers, consumers = graph.producers(), graph.consumers()
+
+    def heads(start: Node | None) -> tuple[list[Node], Node | None]:
+        """The Reshape / Transpose nodes from `start` backwards (each output read once), and the node before."""
+        chain: list[Node] = []
+        while start is not None and start.op in HEAD_OPS and len(consumers.get(start.outputs[0], [])) == 1:
+            chain.append(start)
+            start = producers.get(start.inputs[0])
+        return chain[::-1], start
+
+    if node.op not in HEAD_OPS:
+        return False
+    merge, mix = heads(node)
+    if mix is None or mix.op != "MatMul" or mix.inputs[1] in graph.constants or len(consumers[mix.outputs[0]]) != 1:
+        return False
+    split, add = heads(producers.get(mix.inputs[1]))
+    if add is None or len(consumers.get(add.outputs[0], [])) != 1 or not split:
+        return False
+    channels = inverse.shape[0]
+    v_shape = graph.values[add.outputs[0]].shape
+    if not v_shape or v_shape[-1] != channels:
+        return False
+    index = torch.arange(channels, dtype=torch.float64).expand(v_shape).contiguous()
+    for member in split:  # the mixing MatMul keeps the channel index: P @ V for P = I is V
+        (index,) = run_node(member, [index])
+    for member in merge:
+        (index,) = run_node(member, [index])
+    if tuple(index.shape) != graph.values[node.outputs[0]].shape or not torch.equal(
+            index, torch.arange(channels, dtype=torch.float64).expand_as(index)):
+        return False
+    return _fold_into_matmul_bias(graph, add, inverse)
+
+
 # producers whose output channels lie on the last axis (MatMul readers) or on axis 1 (Conv readers)
-_LAST_AXIS_FOLDS = {"layernorm": _fold_into_layernorm, "matmul": _fold_into_matmul_bias}
+_LAST_AXIS_FOLDS = {"layernorm": _fold_into_layernorm, "matmul": _fold_into_matmul_bias,
+                    "attention": _fold_into_attention_values}
 _CHANNEL_AXIS_FOLDS = {"conv": _fold_into_conv}
 
 

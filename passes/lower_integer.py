@@ -19,7 +19,16 @@ interpreter computes on the lowered graph. Rules:
   (`quant_points.float_table_region`, e.g. a detector's final Sigmoid) -> QLookup with a table of float32
   values: the float output is an exact table read.
 - Add / Mul of two quantized activations -> QAdd / QMul; GlobalAveragePool / AveragePool -> QGlobalAveragePool
-  / QAveragePool (the window count folded into the multiplier); Softmax -> QSoftmax (output scale 1/256).
+  / QAveragePool (the window count folded into the multiplier); Softmax -> QSoftmax (output scale 1/256),
+  attention's Softmax(Add(scores, Where(keep, 0, -big))) -> QSoftmax(scores, table, keep)
+  (`quant_points.softmax_mask`; the Add and the -big term disappear).
+- The chain of a weighted op may end in a Mul / Div by a positive scalar constant (attention's 1/sqrt(d)):
+  the requantization multiplier takes the factor.
+- LayerNormalization from quantized codes -> QLayerNorm (`layer_norm_constants`); a per-channel affine
+  region reading a LayerNorm's output (SmoothQuant's 1/s, channel_shift's -c) -> a second QLayerNorm of
+  the same input with the affine map folded into gamma and beta (`NormRegion`).
+- Wide (int16, `quant_points.wide_points`) codes flow through QAdd, QLayerNorm, the ops on codes and the
+  requantizing epilogues of QConv / QMatMul / QLookup; the other integer ops take 8-bit codes.
 - Scale-preserving ops (quant_points.SCALE_PRESERVING, nearest Resize) whose input and output specs
   agree run unchanged on codes (MaxPool pads with the lowest code).
 - Anything else runs in float: its quantized inputs are DequantizeLinear-ed, its quantized outputs
@@ -27,8 +36,8 @@ interpreter computes on the lowered graph. Rules:
 
 Naming: a quantized value `v` of the source graph has its codes under `v_q`; the name `v` itself
 always means the float value (for a quantized value: its dequantized codes), so graph inputs and
-outputs keep their names and float types. Only 8-bit integer activation specs (per tensor, static)
-are lowered; other activation formats raise UnsupportedError. The lowered graph's
+outputs keep their names and float types. Only 8-bit integer activation specs (per tensor, static) and
+the int16 wide ones are lowered; other activation formats raise UnsupportedError. The lowered graph's
 metadata["integer_lowering"] lists every weighted layer (how it was lowered, its formats) and the
 formats that are emulated in float.
 """
@@ -44,11 +53,12 @@ import numpy as np
 
 from ..errors import IRError, UnsupportedError
 from ..formats import dequantize, fake_quant, format_info, quantize
-from ..interpreter import INT32_MAX
+from ..interpreter import INT32_MAX, SOFTMAX_OUT_BITS, run_node
 from ..ir import Graph, Node, QuantSpec, Value
 from .base import Pass
 from .quant_points import (
-    CLAMPS, SCALE_PRESERVING, LookupRegion, epilogue_bias, float_table_region, lookup_region, weighted_chain,
+    CLAMPS, SCALE_PRESERVING, WIDE_FORMAT, LookupRegion, SoftmaxMask, epilogue_bias, epilogue_factor,
+    float_table_region, lookup_region, softmax_mask, weighted_chain,
 )
 from .table_ranges import evaluate_region
 
@@ -95,6 +105,52 @@ def shared_shift_dyadic(real_a: float, real_b: float) -> tuple[int, int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# QLayerNorm's constants
+# ---------------------------------------------------------------------------------------------
+LAYER_NORM_FRACTION_BITS = 24  # (x - mean) / std as a fixed-point number with this many fractional bits
+
+
+def layer_norm_constants(count: int, x_spec: QuantSpec, epsilon: float, gamma: np.ndarray, beta: np.ndarray,
+                         out_spec: QuantSpec) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """QLayerNorm's attributes (without axis) and its int64 multiplier and bias for a LayerNorm over
+    `count` elements per row of x (codes of `x_spec`), gamma / beta broadcasting to the normalized dims,
+    output codes of `out_spec` (ops.QUANTIZED_OPS gives the arithmetic).
+
+    The shifts keep every intermediate in int64: |C xc - S1| / R <= 2 sqrt(C) 2^-sqrt_shift (R >= half of
+    2^sqrt_shift sqrt(V) once V >= 1), so (C xc - S1) * inv < 2^61; the normalized value N has F =
+    LAYER_NORM_FRACTION_BITS fractional bits and |N| < 2^(F + headroom); `shift` keeps |N * multiplier|
+    and |bias| below 2^61. sqrt_shift scales V up to 2^62 for a root with more significant bits."""
+    qmin, qmax = _code_range(x_spec)
+    zero_point, x_scale = _zero_point(x_spec), _scale(x_spec)
+    span = max(qmax - zero_point, zero_point - qmin)  # the largest |x - x_zero_point|
+    eps_codes = int(np.rint(np.float64(epsilon) * count * count / (np.float64(x_scale) ** 2)))
+    v_max = count * count * span * span + eps_codes
+    if v_max.bit_length() > 62:
+        raise UnsupportedError(f"QLayerNorm over {count} elements of {_present(x_spec).format} codes (epsilon "
+                               f"{epsilon:g} at scale {x_scale:g}) would overflow int64")
+    headroom = math.ceil(math.log2(2 * math.sqrt(count))) + 1  # 2 sqrt(C) <= 2^(headroom - 1)
+    sqrt_shift = (62 - v_max.bit_length()) // 2
+    inv_shift = min(62, sqrt_shift + 62 - headroom)  # R < 2^31, so inv keeps 31 bits or more
+    norm_shift = inv_shift - sqrt_shift - LAYER_NORM_FRACTION_BITS
+    out_scale = np.float64(_scale(out_spec))
+    g = np.asarray(gamma, np.float64) / out_scale
+    b = np.asarray(beta, np.float64) / out_scale
+    g_bits = math.ceil(math.log2(max(float(np.abs(g).max(initial=0.0)), 2.0 ** -30)))
+    b_bits = math.ceil(math.log2(float(np.abs(b).max(initial=0.0)) + 1.0))
+    shift = min(61 - headroom - g_bits, 61 - b_bits, 62)
+    if shift < 1:
+        raise UnsupportedError(f"QLayerNorm: gamma / out_scale up to 2^{g_bits} and beta / out_scale up to "
+                               f"2^{b_bits} do not fit an int64 epilogue")
+    multiplier = np.rint(g * 2.0 ** (shift - LAYER_NORM_FRACTION_BITS)).astype(np.int64)
+    bias = np.rint(b * 2.0 ** shift).astype(np.int64)
+    out_min, out_max = _code_range(out_spec)
+    attrs = {"x_zero_point": zero_point, "epsilon": eps_codes, "sqrt_shift": sqrt_shift, "inv_shift": inv_shift,
+             "norm_shift": norm_shift, "shift": shift, "out_zero_point": _zero_point(out_spec),
+             "out_min": out_min, "out_max": out_max, "out_dtype": _code_dtype(out_spec)}
+    return attrs, multiplier, bias
+
+
+# ---------------------------------------------------------------------------------------------
 # The pass
 # ---------------------------------------------------------------------------------------------
 class LowerInteger(Pass):
@@ -134,6 +190,18 @@ def _is_integer_spec(spec: QuantSpec | None) -> bool:
             and not spec.dynamic and spec.tensor_scale is None)
 
 
+def _is_wide_spec(spec: QuantSpec | None) -> bool:
+    """A wide activation spec (quant_points.wide_points): int16, static, per tensor. QAdd, QLayerNorm, ops on
+    codes and the requantizing epilogues take and give such codes; kernels that index tables or multiply
+    activations (QConv, QMatMul, QLookup, QMul, QSoftmax, pools) take 8-bit codes only."""
+    return (spec is not None and spec.format == WIDE_FORMAT and spec.granularity == "tensor"
+            and not spec.dynamic and spec.tensor_scale is None)
+
+
+def _has_codes(spec: QuantSpec | None) -> bool:
+    return _is_integer_spec(spec) or _is_wide_spec(spec)
+
+
 def _present(spec: QuantSpec | None) -> QuantSpec:
     """The spec of a value the caller knows to be quantized (it checked `_is_integer_spec` or `quantized`)."""
     if spec is None:
@@ -169,6 +237,8 @@ class _Lowering:
         self.views: dict[str, str] = {}    # quantized source value -> its dequantized codes in dst
         self.skip: set[str] = set()        # source nodes already lowered as part of another
         self.regions: dict[str, LookupRegion] = {}  # producer node of a table's output -> its region
+        self.norm_regions: dict[str, NormRegion] = {}  # producer node of a folded LayerNorm's output -> it
+        self.masks: dict[str, SoftmaxMask] = {}  # Softmax node -> its attention mask
         self.taken: set[str] = set(src.values)  # value names (the source's are reserved)
         self.node_names: set[str] = set()
         self.layers: list[dict[str, Any]] = []
@@ -213,7 +283,7 @@ class _Lowering:
     # raw: a value as given or computed in float (graph inputs, constants, float ops' results);
     # codes: the codes of a quantized value; views: a quantized value as float readers see it.
     def quantized(self, name: str) -> bool:
-        return name not in self.src.constants and _is_integer_spec(self.spec(name))
+        return name not in self.src.constants and _has_codes(self.spec(name))
 
     def codes_of(self, name: str) -> str:
         """The dst value holding the codes of source value `name` (QuantizeLinear-ed when needed)."""
@@ -274,6 +344,7 @@ class _Lowering:
             self.add_value(name, self.src.values[name].shape, self.src.values[name].dtype)
         self._check_activation_specs()
         self._plan_lookup_tables()
+        self._plan_masked_softmax()
         for node in self.src.nodes:
             if node.name in self.skip:
                 continue
@@ -306,22 +377,31 @@ class _Lowering:
         for name, value in self.src.values.items():
             if value.quant is None or name in self.src.constants:
                 continue
-            if not _is_integer_spec(value.quant):
+            if not _has_codes(value.quant):
                 spec = value.quant
                 raise UnsupportedError(
                     f"value {name!r} is quantized as {spec.format}/{spec.granularity}"
                     f"{'/dynamic' if spec.dynamic else ''}; the integer lowering handles 8-bit integer activations "
-                    f"per tensor (int8, uint8) only")
+                    f"per tensor (int8, uint8, and {WIDE_FORMAT} where quant_points.wide_points puts it) only")
 
     def _plan_lookup_tables(self) -> None:
         quantized = {name for name in self.src.values if self.quantized(name)}
         for name, value in self.src.values.items():
-            if not _is_integer_spec(value.quant) or name in self.src.constants:
+            if not _has_codes(value.quant) or name in self.src.constants:
                 continue
             region = lookup_region(self.src, name, self.producers, self.consumers, stop=quantized)
-            if region is None or not _is_integer_spec(self.spec(region.input)):
+            if region is None:
                 continue
-            self._plan_region(name, region)
+            producer = self.producers[name]
+            folded = self._layer_norm_affine(region)
+            if folded is not None:
+                self.norm_regions[producer.name] = folded
+            elif _is_integer_spec(self.spec(region.input)) or (_is_wide_spec(self.spec(region.input))
+                                                                 and region.axis is None):
+                self.regions[producer.name] = region
+            else:
+                continue
+            self.skip.update(n.name for n in region.nodes if n is not producer)
         for name in self.src.outputs:  # float outputs of transcendental subgraphs: tables of float32 values
             if self.quantized(name):
                 continue
@@ -334,9 +414,21 @@ class _Lowering:
         self.regions[producer.name] = region
         self.skip.update(n.name for n in region.nodes if n is not producer)
 
+    def _plan_masked_softmax(self) -> None:
+        """Attention's mask Add is part of its QSoftmax (the mask becomes QSoftmax's `keep` input)."""
+        for node in self.src.nodes:
+            mask = softmax_mask(self.src, node, self.producers, self.consumers)
+            if mask is not None and self.quantized(mask.scores) and self.quantized(node.outputs[0]):
+                self.masks[node.name] = mask
+                self.skip.add(mask.add.name)
+
     def _lower(self, node: Node) -> bool:
         if node.name in self.regions:
             return self._lookup(node, self.regions[node.name])
+        if node.name in self.norm_regions:
+            return self._folded_layer_norm(node, self.norm_regions[node.name])
+        if node.op == "LayerNormalization":
+            return self._layer_norm(node)
         if node.op in ("Conv", "ConvTranspose", "MatMul"):
             return self._weighted(node)
         if node.op in SCALE_PRESERVING:
@@ -419,22 +511,26 @@ class _Lowering:
             w_scales = np.full(n, _scale(b_spec), np.float32)
         else:
             return False
-        chain = weighted_chain(self.src, node, self.consumers)
+        chain = weighted_chain(self.src, node, self.consumers, scale=True)
         bias = np.zeros(len(w_scales), np.float64)
         if node.op in ("Conv", "ConvTranspose") and len(node.inputs) > 2 and node.inputs[2]:
             own = self.src.constants.get(node.inputs[2])
             if own is None:
                 return False
             bias += own.astype(np.float64)
-        if len(chain) == 2:
-            bias += cast(np.ndarray, epilogue_bias(self.src, node, chain[1])).astype(np.float64)  # chained: it has one
+        factor = 1.0
+        for previous, link in zip(chain, chain[1:]):
+            if link.op == "Add":  # chained: it has a bias
+                bias += cast(np.ndarray, epilogue_bias(self.src, node, link)).astype(np.float64)
+            else:  # a scalar Mul / Div after the bias: the output's scale absorbs it
+                factor = cast(float, epilogue_factor(self.src, link, previous.outputs[0]))
         end = chain[-1].outputs[0]
         clamp = self._absorbable_clamp(end)
         if clamp is not None:
             chain.append(clamp)
             end = clamp.outputs[0]
         out_spec = self.spec(end)
-        if out_spec is not None and not _is_integer_spec(out_spec):
+        if out_spec is not None and not _has_codes(out_spec):
             return False
 
         reduction = _reduction_size(node, w_codes, self.src.values[x].shape)
@@ -452,7 +548,7 @@ class _Lowering:
         attrs["x_zero_point" if node.op != "MatMul" else "a_zero_point"] = _zero_point(x_spec)
         epilogue: dict[str, np.ndarray]
         if out_spec is not None:
-            multiplier, shift = dyadic(acc_scale / np.float64(_scale(out_spec)))
+            multiplier, shift = dyadic(acc_scale * factor / np.float64(_scale(out_spec)))
             qmin, qmax = _code_range(out_spec)
             low, high = (qmin, qmax) if clamp is None else self._clamp_codes(clamp, out_spec)
             attrs.update(epilogue="requantize", out_zero_point=_zero_point(out_spec), out_min=low, out_max=high,
@@ -461,15 +557,15 @@ class _Lowering:
             out = (self.fresh(f"{end}_q"), out_value.shape, _code_dtype(out_spec))
         else:
             attrs.update(epilogue="float", out_zero_point=0, out_min=0, out_max=0, out_dtype="float32")
-            epilogue = {"out_scale": acc_scale.astype(np.float32)}
+            epilogue = {"out_scale": (acc_scale * factor).astype(np.float32)}
             out = (end if end not in self.dst.values else self.fresh(end), out_value.shape, "float32")
         overflowing = np.flatnonzero(np.abs(bias_codes) > limit)
         if len(overflowing):
             if w_codes is None:
                 raise UnsupportedError(f"node {node.name!r}: a bias of more than {limit} accumulator steps does not "
                                        "fit the int32 accumulator")
-            w_codes = constant_channels(node, overflowing, w_codes, w_zero_points, x_spec, out_spec, acc_scale, bias,
-                                        bias_codes, epilogue, attrs)
+            w_codes = constant_channels(node, overflowing, w_codes, w_zero_points, x_spec, out_spec,
+                                        acc_scale * factor, bias * factor, bias_codes, epilogue, attrs)
 
         w_name = (self.constant(f"{node.inputs[1]}_q", w_codes) if w_codes is not None
                   else self.codes_of(node.inputs[1]))
@@ -489,7 +585,7 @@ class _Lowering:
     def _absorbable_clamp(self, name: str) -> Node | None:
         users = self.consumers.get(name, [])
         if (len(users) != 1 or users[0].op not in CLAMPS or name in self.src.outputs or self.spec(name) is not None
-                or not _is_integer_spec(self.spec(users[0].outputs[0]))):
+                or not _has_codes(self.spec(users[0].outputs[0]))):
             return None
         return users[0]
 
@@ -506,7 +602,7 @@ class _Lowering:
             return False
         data = node.inputs if node.op == "Concat" else node.inputs[:1]
         specs = [self.spec(i) for i in data] + [self.spec(o) for o in node.outputs]
-        if not all(_is_integer_spec(s) for s in specs) or not all(
+        if not all(_has_codes(s) for s in specs) or not all(
                 _present(s).same_as(_present(specs[0])) for s in specs):
             return False
         inputs = [self.codes_of(i) for i in data] + [self.raw_of(i) for i in node.inputs[len(data):] if i]
@@ -519,8 +615,9 @@ class _Lowering:
     def _binary(self, node: Node) -> bool:
         out = node.outputs[0]
         specs = [self.spec(i) for i in node.inputs] + [self.spec(out)]
+        narrow = node.op == "Mul"  # QMul multiplies two 8-bit codes; QAdd takes wide codes too
         if len(node.inputs) != 2 or any(i in self.src.constants for i in node.inputs) \
-                or not all(_is_integer_spec(s) for s in specs):
+                or not all((_is_integer_spec if narrow else _has_codes)(s) for s in specs):
             return False
         a_spec, b_spec, o_spec = specs
         qmin, qmax = _code_range(o_spec)
@@ -577,22 +674,133 @@ class _Lowering:
         return True
 
     def _softmax(self, node: Node) -> bool:
-        x, out = node.inputs[0], node.outputs[0]
+        mask = self.masks.get(node.name)
+        x, out = mask.scores if mask is not None else node.inputs[0], node.outputs[0]
         x_spec, o_spec = self.spec(x), self.spec(out)
-        if not (_is_integer_spec(x_spec) and _is_integer_spec(o_spec)):
+        if not (_has_codes(x_spec) and _has_codes(o_spec)):
             return False
         qmin, qmax = _code_range(o_spec)
-        if _scale(o_spec) != np.float32(1 / 256) or _zero_point(o_spec) != qmin:
+        bits = SOFTMAX_OUT_BITS.get(_code_dtype(o_spec), 0)
+        if _scale(o_spec) != np.float32(2.0 ** -bits) or _zero_point(o_spec) != (qmin if bits == 8 else 0):
             return False
-        steps = np.arange(256, dtype=np.float64)
+        x_min, x_max = _code_range(x_spec)
+        steps = np.arange(x_max - x_min + 1, dtype=np.float64)
         table = np.rint(np.exp(-steps * np.float64(_scale(x_spec))) * 2.0 ** SOFTMAX_EXP_BITS).astype(np.int64)
-        attrs = {"axis": int(node.attrs["axis"]), "out_zero_point": qmin, "out_min": qmin, "out_max": qmax,
-                 "out_dtype": _code_dtype(o_spec)}
-        (result,) = self.emit("QSoftmax", [self.codes_of(x), self.constant(f"{node.name}_exp_table", table)],
+        if len(table) > 256 and table[-1] == 0:  # wide codes: up to the first 0, which larger steps read
+            table = table[:int(np.argmin(table > 0)) + 1]
+        attrs = {"axis": int(node.attrs["axis"]), "out_zero_point": _zero_point(o_spec), "out_min": qmin,
+                 "out_max": qmax, "out_dtype": _code_dtype(o_spec)}
+        inputs = [self.codes_of(x), self.constant(f"{node.name}_exp_table", table)]
+        if mask is not None:
+            inputs.append(self._keep(mask))
+        (result,) = self.emit("QSoftmax", inputs,
                               [(self.fresh(f"{out}_q"), self.src.values[out].shape, _code_dtype(o_spec))],
                               attrs, node.name)
         self.codes[out] = result
         return True
+
+    def _keep(self, mask: SoftmaxMask) -> str:
+        """The boolean `keep` input of a masked QSoftmax: the mask's condition, or its negation (once)."""
+        condition = self.raw_of(mask.condition)
+        if not mask.negate:
+            return condition
+        key = f"not:{mask.condition}"
+        if key not in self.raw:
+            shape = self.src.values[mask.condition].shape
+            (self.raw[key],) = self.emit("Not", [condition], [(self.fresh(f"{mask.condition}_not"), shape, "bool")],
+                                         {}, f"{mask.where.name}/keep")
+        return self.raw[key]
+
+    # -- LayerNorm ------------------------------------------------------------------------------
+    def _layer_norm(self, node: Node) -> bool:
+        """LayerNormalization from quantized input codes to quantized output codes -> QLayerNorm."""
+        out = node.outputs[0]
+        if not (self.quantized(node.inputs[0]) and self.quantized(out)):
+            return False
+        affine = self._layer_norm_parameters(node)
+        if affine is None:
+            return False
+        gamma, beta = affine
+        return self._emit_layer_norm(node, gamma, beta, out, node.name)
+
+    def _folded_layer_norm(self, node: Node, folded: NormRegion) -> bool:
+        """A per-channel affine region after a LayerNorm (SmoothQuant's 1 / s, channel_shift's -c) -> a
+        QLayerNorm of the LayerNorm's input with gamma' = a gamma, beta' = a beta + b."""
+        return self._emit_layer_norm(folded.layer_norm, folded.gamma, folded.beta, folded.region.output, node.name)
+
+    def _layer_norm_constants(self, layer_norm: Node, gamma: np.ndarray, beta: np.ndarray, out: str
+                              ) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+        """`layer_norm_constants` for this LayerNorm and output, or None (logged) when they do not fit int64."""
+        x = layer_norm.inputs[0]
+        count = int(np.prod(self.src.values[x].shape[int(layer_norm.attrs["axis"]):]))
+        try:
+            return layer_norm_constants(count, _present(self.spec(x)), float(layer_norm.attrs["epsilon"]), gamma,
+                                        beta, _present(self.spec(out)))
+        except UnsupportedError as exc:
+            log.warning("node %s stays float: %s", layer_norm.name, exc)
+            return None
+
+    def _emit_layer_norm(self, layer_norm: Node, gamma: np.ndarray, beta: np.ndarray, out: str, base: str) -> bool:
+        x, axis = layer_norm.inputs[0], int(layer_norm.attrs["axis"])
+        o_spec = self.spec(out)
+        constants = self._layer_norm_constants(layer_norm, gamma, beta, out)
+        if constants is None:
+            return False
+        attrs, multiplier, bias = constants
+        (result,) = self.emit("QLayerNorm", [self.codes_of(x), self.constant(f"{base}_multiplier", multiplier),
+                                             self.constant(f"{base}_bias", bias)],
+                              [(self.fresh(f"{out}_q"), self.src.values[out].shape, _code_dtype(o_spec))],
+                              {"axis": axis, **attrs}, base)
+        self.codes[out] = result
+        return True
+
+    def _layer_norm_parameters(self, node: Node) -> tuple[np.ndarray, np.ndarray] | None:
+        """gamma and beta of a LayerNormalization broadcast to its normalized dims (float64), or None when
+        they are not constants."""
+        normalized = self.src.values[node.inputs[0]].shape[int(node.attrs["axis"]):]
+        gamma = self.src.constants.get(node.inputs[1])
+        beta = self.src.constants.get(node.inputs[2]) if len(node.inputs) > 2 else np.zeros(1, np.float32)
+        if gamma is None or beta is None or not self.quantized(node.inputs[0]):
+            return None
+        return (np.broadcast_to(gamma.astype(np.float64), normalized).copy(),
+                np.broadcast_to(beta.astype(np.float64), normalized).copy())
+
+    def _layer_norm_affine(self, region: LookupRegion) -> NormRegion | None:
+        """The region as a QLayerNorm when it reads a LayerNorm output and is affine per channel of the
+        normalized dims (Mul / Add / Sub of constants, Div by one): a (region(1) - region(0)) and b (region(0))
+        fold into gamma and beta. None otherwise."""
+        layer_norm = self.producers.get(region.input)
+        if layer_norm is None or layer_norm.op != "LayerNormalization" or not self.quantized(region.output):
+            return None
+        parameters = self._layer_norm_parameters(layer_norm)
+        axis = int(layer_norm.attrs["axis"])
+        if parameters is None or (region.axis is not None and region.axis < axis):
+            return None
+        values = {region.input}
+        for member in region.nodes:
+            live = [i for i in member.inputs if i in values]
+            if member.op not in ("Mul", "Add", "Sub", "Div") or len(live) != 1 or (member.op == "Div" and
+                                                                                  member.inputs[0] not in values):
+                return None
+            values.update(member.outputs)
+        rank = len(self.src.values[region.input].shape)
+        probe = torch.zeros([2] + [1] * rank, dtype=torch.float64)
+        probe[1] = 1.0
+        env = {region.input: probe}
+        with torch.no_grad():
+            for member in region.nodes:
+                args: list[torch.Tensor | None] = [
+                    env[i] if i in env else torch.from_numpy(np.array(self.src.constants[i])) for i in member.inputs]
+                env[member.outputs[0]] = run_node(member, args)[0].to(torch.float64)
+        result = env[region.output].numpy()  # [2, 1, ..., 1, C or 1]
+        normalized = self.src.values[region.input].shape[axis:]
+        at_zero, at_one = result[0][(0,) * axis], result[1][(0,) * axis]
+        a, b = np.broadcast_to(at_one - at_zero, normalized), np.broadcast_to(at_zero, normalized)
+        gamma, beta = parameters
+        folded = NormRegion(region, layer_norm, a * gamma, a * beta + b)
+        if self._layer_norm_constants(layer_norm, folded.gamma, folded.beta, region.output) is None:
+            return None  # the region stays float (its LayerNorm too, unless its own output is quantized)
+        return folded
 
     # -- lookup tables --------------------------------------------------------------------------
     def _lookup(self, node: Node, region: LookupRegion) -> bool:
@@ -690,6 +898,15 @@ def constant_channels(node: Node, channels: np.ndarray, w_codes: np.ndarray, w_z
         log.info("node %s: output channel %d is constant (its bias is %.6g accumulator steps)", node.name, channel,
                  bias_codes[channel])
     return w_codes
+@dataclass(frozen=True)
+class NormRegion:
+    """A per-channel affine region folded into a QLayerNorm of `layer_norm`'s input: gamma and beta are the
+    composed affine map's (float64, the normalized dims' shape)."""
+
+    region: LookupRegion
+    layer_norm: Node
+    gamma: np.ndarray
+    beta: np.ndarray
 
 
 def lookup_table(graph: Graph, region: LookupRegion, x_spec: QuantSpec | None, out_spec: QuantSpec | None) -> np.ndarray:

@@ -27,6 +27,18 @@ leaves no float island between the input quantizer and the outputs:
 - a graph output computed by such a subgraph with a transcendental op (`float_table_region`, e.g. a
   detector's final Sigmoid) gets the subgraph's input quantized; the output stays float, read from a
   table of float32 values.
+- a weighted op's chain takes a following Mul / Div by a positive scalar constant too (attention's
+  1 / sqrt(d) after Q K^T): its requantization multiplier absorbs the factor (`weighted_chain(scale=True)`);
+- attention's Softmax over masked scores, Softmax(Add(scores, Where(keep, 0, -big))) (`softmax_mask`),
+  is quantized with the scores as its input: QSoftmax takes `keep` as a mask, so the -big term is never
+  quantized;
+- the data input of every LayerNormalization is quantized (QLayerNorm), and so is the output of one that
+  is a graph output. These, Softmax outputs that are graph outputs, and the Add chains that compute them
+  (a transformer's residual stream) are *wide* (`wide_points`), and so are the inputs of the per-tensor
+  tables and Softmaxes that compute wide values: Calibrate gives them WIDE_FORMAT (int16) unless a
+  reader needs 8-bit codes (a weighted op, a per-channel table, QMul, a pool), because a per-tensor
+  8-bit residual stream loses its small channels to the outlier ones, and an 8-bit input would be the
+  bottleneck of a 16-bit table (magika's GELUs before its LayerNorms) or probability.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ from ..ir import Graph, Node
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul")
 SCALE_PRESERVING = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Split",
-                    "DepthToSpace", "Resize")
+                    "DepthToSpace", "Resize", "GlobalMaxPool", "ReduceMax")
 INTEGER_ARITHMETIC = ("Add", "AveragePool", "GlobalAveragePool")
 # ops computing each output element from the same element of their (broadcast) inputs
 ELEMENTWISE = ("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Erf", "Floor", "Ceil",
@@ -136,30 +148,57 @@ def epilogue_bias(graph: Graph, weighted: Node, add: Node) -> np.ndarray | None:
     return np.broadcast_to(constant.reshape(-1), (shape[channel_axis],)).astype(np.float32)
 
 
-def weighted_chain(graph: Graph, node: Node, consumers: dict[str, list[Node]]) -> list[Node]:
+def weighted_chain(graph: Graph, node: Node, consumers: dict[str, list[Node]], scale: bool = False) -> list[Node]:
     """A weighted op and the bias Add that may follow it ([node] or [node, add]): the Add is part of the
-    op when it is the op's only reader and adds a per-output-channel constant (`epilogue_bias`)."""
+    op when it is the op's only reader and adds a per-output-channel constant (`epilogue_bias`). With
+    `scale` (integer region) a following Mul / Div by a positive scalar constant joins too
+    (`epilogue_factor`): [node, add?, mul?]."""
+    chain = [node]
     out = node.outputs[0]
     users = consumers.get(out, [])
-    if len(users) == 1 and out not in graph.outputs and graph.values[out].quant is None \
-            and epilogue_bias(graph, node, users[0]) is not None:
-        return [node, users[0]]
-    return [node]
+    if _private(graph, out, users) and epilogue_bias(graph, node, users[0]) is not None:
+        chain.append(users[0])
+    out = chain[-1].outputs[0]
+    users = consumers.get(out, [])
+    if scale and _private(graph, out, users) and epilogue_factor(graph, users[0], out) is not None:
+        chain.append(users[0])
+    return chain
+
+
+def _private(graph: Graph, name: str, users: list[Node]) -> bool:
+    """`name` has one reader, is no graph output and carries no quantizer: the chain may fuse past it."""
+    return len(users) == 1 and name not in graph.outputs and graph.values[name].quant is None
+
+
+def epilogue_factor(graph: Graph, node: Node, name: str) -> float | None:
+    """The factor by which `node` scales activation `name` when it is a Mul / Div of `name` by a positive
+    scalar float constant (Div: `name` the dividend), else None."""
+    if node.op not in ("Mul", "Div") or len(node.inputs) != 2 or name not in node.inputs:
+        return None
+    other = node.inputs[1] if node.inputs[0] == name else node.inputs[0]
+    constant = graph.constants.get(other)
+    if constant is None or constant.dtype != np.float32 or constant.size != 1 or (node.op == "Div" and other != node.inputs[1]):
+        return None
+    value = float(constant.reshape(-1)[0])
+    if not (np.isfinite(value) and value > 0):
+        return None
+    return value if node.op == "Mul" else 1.0 / value
 
 
 def _weighted_output(graph: Graph, name: str, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> bool:
-    """True for the output of a weighted op, or of its bias Add (`weighted_chain`)."""
+    """True for the output of a weighted op, or of the last node of its chain (`weighted_chain` with scale)."""
     node = producers.get(name)
     if node is None:
         return False
     if node.op in WEIGHTED_OPS:
         return True
-    if node.op == "Add":
-        for i in node.inputs:
-            source = producers.get(i)
-            if (source is not None and source.op in WEIGHTED_OPS
-                    and weighted_chain(graph, source, consumers)[-1] is node):
-                return True
+    source = node
+    for _ in range(2):  # back through the chain's bias Add and scalar Mul
+        source = next((producers[i] for i in source.inputs if i in producers), None)  # type: ignore[assignment]
+        if source is None:
+            return False
+        if source.op in WEIGHTED_OPS:
+            return weighted_chain(graph, source, consumers, scale=True)[-1] is node
     return False
 
 
@@ -248,12 +287,62 @@ def _widens(graph: Graph, region: LookupRegion, producers: dict[str, Node], cons
     return not (region.axis is not None and all(n.op in ("Mul", "Div", "Add", "Sub") for n in region.nodes))
 
 
+MASK_FILL_LIMIT = -1e4  # an additive mask term at or below this makes exp underflow to 0 in float32
+
+
+@dataclass(frozen=True)
+class SoftmaxMask:
+    """Attention's masked scores: Softmax(Add(scores, Where(condition, a, b))) with one of a, b zero and the
+    other <= MASK_FILL_LIMIT. The positions that take part are `condition` (or its negation: `negate`)."""
+
+    scores: str
+    add: Node
+    where: Node
+    condition: str
+    negate: bool
+
+
+def softmax_mask(graph: Graph, node: Node, producers: dict[str, Node], consumers: dict[str, list[Node]]
+                 ) -> SoftmaxMask | None:
+    """The mask pattern of a Softmax node (`SoftmaxMask`), or None."""
+    add = producers.get(node.inputs[0]) if node.op == "Softmax" else None
+    if add is None or add.op != "Add" or len(add.inputs) != 2 or len(consumers.get(add.outputs[0], [])) != 1 \
+            or add.outputs[0] in graph.outputs:
+        return None
+    for scores, term in (add.inputs, add.inputs[::-1]):
+        where = producers.get(term)
+        if where is None or where.op != "Where" or not _is_activation(graph, scores):
+            continue
+        condition, fills = where.inputs[0], [graph.constants.get(i) for i in where.inputs[1:]]
+        if graph.values[condition].dtype != "bool" or any(f is None or f.size != 1 for f in fills):
+            continue
+        if tuple(np.broadcast_shapes(graph.values[condition].shape, graph.values[scores].shape)) \
+                != graph.values[scores].shape:
+            continue
+        a, b = (float(f.reshape(-1)[0]) for f in fills)  # type: ignore[union-attr]
+        if a == 0.0 and b <= MASK_FILL_LIMIT:
+            return SoftmaxMask(scores, add, where, condition, negate=False)
+        if b == 0.0 and a <= MASK_FILL_LIMIT:
+            return SoftmaxMask(scores, add, where, condition, negate=True)
+    return None
+
+
+def _softmax_input(graph: Graph, node: Node, producers: dict[str, Node], consumers: dict[str, list[Node]]
+                   ) -> str | None:
+    """The value a Softmax the integer region takes in (QSoftmax) reads as codes: logits straight from a
+    weighted op (and its bias, scale), or attention's scores under an additive mask (`softmax_mask`:
+    quantizing the sum would lose the scores to the -big term). None for any other Softmax."""
+    if node.op != "Softmax":
+        return None
+    mask = softmax_mask(graph, node, producers, consumers)
+    logits = mask.scores if mask is not None else node.inputs[0]
+    if _is_activation(graph, logits) and _weighted_output(graph, logits, producers, consumers):
+        return logits
+    return None
+
+
 def _quantized_softmax(graph: Graph, node: Node, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> bool:
-    """A Softmax the integer region takes in (QSoftmax): over logits straight from a weighted op (and its
-    bias). Attention's Softmax over masked scores (Add of a -10000 mask) stays out until QSoftmax takes
-    the mask as a boolean input (integer_lowering.md, open points): quantizing the sum would lose the scores."""
-    return (node.op == "Softmax" and _is_activation(graph, node.inputs[0])
-            and _weighted_output(graph, node.inputs[0], producers, consumers))
+    return _softmax_input(graph, node, producers, consumers) is not None
 
 
 def float_table_region(graph: Graph, name: str, producers: dict[str, Node], consumers: dict[str, list[Node]],
@@ -281,6 +370,7 @@ def activation_points(graph: Graph, integer: bool = False) -> tuple[set[str], li
         work += [n.outputs[0] for n in graph.nodes if _quantized_softmax(graph, n, producers, consumers)]
         work += [region.input for name in graph.outputs
                  if (region := float_table_region(graph, name, producers, consumers)) is not None]
+        work += _layer_norm_points(graph)
     while work:
         name = work.pop()
         if name in points:
@@ -295,15 +385,100 @@ def activation_points(graph: Graph, integer: bool = False) -> tuple[set[str], li
             if node.op in ("Split", "Concat"):
                 ties += [(name, o) for o in node.outputs if o != name and o in graph.values]
             work += data
+        elif integer and (region := _table_region(graph, name, producers, consumers)) is not None:
+            work.append(region.input)  # before QAdd / QMul: x * f(x) (GELU's tanh form) is one table
         elif _propagates(graph, node, integer):
             work += [i for i in node.inputs if _is_activation(graph, i)]
-        elif integer and _quantized_softmax(graph, node, producers, consumers):
-            work.append(node.inputs[0])
-        elif integer:
-            region = lookup_region(graph, name, producers, consumers)
-            if region is not None and _widens(graph, region, producers, consumers):
-                work.append(region.input)
+        elif integer and (logits := _softmax_input(graph, node, producers, consumers)) is not None:
+            work.append(logits)
     return points, ties
+
+
+def _table_region(graph: Graph, name: str, producers: dict[str, Node], consumers: dict[str, list[Node]]
+                  ) -> LookupRegion | None:
+    """The unary elementwise region computing `name` when its input joins the integer region (`_widens`)."""
+    region = lookup_region(graph, name, producers, consumers)
+    return region if region is not None and _widens(graph, region, producers, consumers) else None
+
+
+def _layer_norm_points(graph: Graph) -> list[str]:
+    """LayerNorm data inputs (QLayerNorm reads codes), and LayerNorm outputs that leave the graph."""
+    points = [n.inputs[0] for n in graph.nodes if n.op == "LayerNormalization" and _is_activation(graph, n.inputs[0])]
+    return points + [n.outputs[0] for n in graph.nodes if n.op == "LayerNormalization" and n.outputs[0] in graph.outputs]
+
+
+WIDE_FORMAT = "int16"
+
+
+def wide_points(graph: Graph, groups: list[list[str]] | None = None) -> set[str]:
+    """The activations of an integer region that get WIDE_FORMAT (module docstring): LayerNorm inputs and
+    outputs that are quantized only for QLayerNorm, Softmax outputs that leave the graph, the Adds computing
+    them and their operands, through ties; then, to a fixpoint, the inputs of the per-tensor tables and
+    Softmaxes that compute wide values (16-bit codes in, 16-bit codes out). A tied group is wide only when
+    no member has a reader that needs 8-bit codes."""
+    groups = tied_groups(graph, integer=True) if groups is None else groups
+    group_of = {name: i for i, group in enumerate(groups) for name in group}
+    producers, consumers = graph.producers(), graph.consumers()
+    seeds = [v for v in _layer_norm_points(graph) + _softmax_outputs(graph, producers, consumers) if v in group_of]
+    wide_readers: dict[str, set[str]] = {}  # value -> the table / Softmax nodes that read it as wide codes
+    while True:
+        wide: set[int] = set()
+        work = list(seeds)
+        while work:
+            index = group_of[work.pop()]
+            if index in wide:
+                continue
+            wide.add(index)
+            for name in groups[index]:
+                node = producers.get(name)
+                if node is not None and node.op == "Add" and _propagates(graph, node, integer=True):
+                    work += [i for i in node.inputs if i in group_of]
+        wide -= {i for i in wide for name in groups[i] if any(
+            _needs_narrow_codes(graph, name, user, producers, wide_readers) for user in consumers.get(name, []))}
+        names = {name for i in wide for name in groups[i]}
+        found = _wide_readers(graph, names, producers, consumers)
+        fresh = {v: nodes for v, nodes in found.items() if v in group_of and v not in wide_readers}
+        if not fresh:
+            return names
+        wide_readers.update(fresh)
+        seeds += list(fresh)
+
+
+def _softmax_outputs(graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> list[str]:
+    """Outputs of QSoftmaxes that leave the graph (a classifier's probabilities)."""
+    return [n.outputs[0] for n in graph.nodes if n.outputs[0] in graph.outputs
+            and _quantized_softmax(graph, n, producers, consumers)]
+
+
+def _wide_readers(graph: Graph, names: set[str], producers: dict[str, Node], consumers: dict[str, list[Node]]
+                  ) -> dict[str, set[str]]:
+    """For the wide values `names`: the inputs of the per-tensor tables and the Softmaxes computing them,
+    each with the nodes that read it."""
+    readers: dict[str, set[str]] = {}
+    for name in names:
+        region = _table_region(graph, name, producers, consumers)
+        node = producers.get(name)
+        if region is not None and region.axis is None:
+            readers.setdefault(region.input, set()).update(n.name for n in region.nodes)
+        elif node is not None and (logits := _softmax_input(graph, node, producers, consumers)) is not None:
+            readers.setdefault(logits, set()).add(node.name)
+    return readers
+
+
+def _needs_narrow_codes(graph: Graph, name: str, user: Node, producers: dict[str, Node],
+                        wide_readers: dict[str, set[str]]) -> bool:
+    """Whether `user` reads activation `name` in an integer op whose kernel takes 8-bit codes only."""
+    if user.name in wide_readers.get(name, ()):
+        return False  # a table or Softmax computing a wide value
+    if user.op in WEIGHTED_OPS or user.op in ("Softmax", "AveragePool", "GlobalAveragePool"):
+        return True
+    if user.op == "Mul" and all(_is_activation(graph, i) for i in user.inputs):
+        return True  # QMul
+    if user.op not in ELEMENTWISE or _propagates(graph, user, integer=True):
+        return False  # LayerNorm, QAdd, ops on codes, float ops (they read dequantized codes)
+    source = producers.get(name)  # a per-channel rescaling of a LayerNorm output folds into a QLayerNorm
+    affine = user.op in ("Mul", "Div", "Add", "Sub") and any(i in graph.constants for i in user.inputs)
+    return not (affine and source is not None and source.op == "LayerNormalization")
 
 
 def tied_groups(graph: Graph, integer: bool | None = None) -> list[list[str]]:

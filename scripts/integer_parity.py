@@ -1,6 +1,6 @@
 """Evidence for the integer-only lowering: W8A8 artifacts equal bitsmith's integer reference bit for bit.
 
-For every model (default: the CNN zoo models the lowering covers) this script
+For every model (default: the zoo models the lowering covers) this script
   - quantizes the FP32 graph with the recipe (default w8a8) on real calibration inputs and lowers it
     to integer ops (passes/lower_integer.py): the integer reference, run by bitsmith.interpreter;
   - compiles the same model with bitsmith.compile(recipe=..., calibration=...) for this CPU;
@@ -46,10 +46,10 @@ from bitsmith.simulate import Simulator
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 # model -> (batch, calibration batches, evaluation batches)
 PLAN = {"mtcnn_rnet": (50, 2, 4), "mtcnn_onet": (50, 2, 4), "mobilenet_v2": (8, 2, 4), "ppocr_cls": (16, 2, 4),
-        "ppocr_det": (1, 2, 4)}
+        "ppocr_det": (1, 2, 4), "minilm_l6": (8, 2, 4), "magika": (16, 2, 4)}
 # the output holding class scores (top-1 agreement, accuracy on labelled data)
 CLASS_OUTPUT = {"mtcnn_rnet": "prob", "mtcnn_onet": "prob", "mobilenet_v2": "logits",
-                "ppocr_cls": "save_infer_model/scale_0.tmp_1"}
+                "ppocr_cls": "save_infer_model/scale_0.tmp_1", "magika": "target_label"}
 # the output holding a text probability map (IoU of the text masks, probability > TEXT_THRESHOLD)
 MASK_OUTPUT = {"ppocr_det": "sigmoid_0.tmp_0"}
 TEXT_THRESHOLD = 0.3  # PP-OCR's DB post-processing threshold
