@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import torch
 
 from ..errors import IRError, UnsupportedError
 from ..formats import dequantize, fake_quant, format_info, quantize
