@@ -10,6 +10,7 @@ only: no operator fusion and no schedules, so every op is a naive single-threade
 reductions; MetaSchedule needs minutes of tuning per model. So the pipeline here (`relax_pipeline`):
 
 1. `ConvertLayout`: conv2d in NHWC (output channels contiguous: the vector axis).
+   `requantize_in_int32` (requantize.py): integer requantize epilogues in 32-bit lanes where exact.
 2. `fast_math`: float32 exp / erf / tanh / sigmoid / softmax -> TOPI's polynomial forms, which
    vectorize (LLVM calls libm per element otherwise: erf 37x, exp 11x slower).
 3. Legalize, fold constants, `FuseOps` + `FuseTIR` (conv + bias + activation + residual in one loop).
@@ -37,6 +38,7 @@ from bitsmith.targets import Target, load
 
 from .cpu_schedule import CPUShape, ScheduleCPU
 from .relax_emit import EmittedModule
+from .requantize import requantize_in_int32
 
 
 def tvm_target(target: Target | str) -> tvm.target.Target:
@@ -114,6 +116,9 @@ def scheduling_passes(cpu: CPUShape) -> list[tvm.transform.Pass]:
     batch-norm factors) is lifted into `main_transform_params`, which runs once per weight set."""
     return [
         relax.transform.ConvertLayout(CONV_LAYOUTS),
+        relax.transform.FoldConstant(),  # the layout conversion's permuted constants, for the next pass
+        requantize_in_int32,
+        relax.transform.DeadCodeElimination(),
         fast_math,
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

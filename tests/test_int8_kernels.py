@@ -142,3 +142,14 @@ def test_on_avx512_vnni_the_int8_reductions_use_vpdpbusd(caplog):
         with x86.tvm_target(target):
             mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
         assert "llvm.x86.avx512.vpdpbusd.512" in mod.script()
+
+
+def test_the_requantize_epilogue_of_qconv_and_qmatmul_runs_in_32_bit_lanes(caplog):
+    """relax_emit's int64 requantize chain is the one backends/requantize.py rewrites (shifts >= 33 here),
+    fused into the convolution / matmul kernel."""
+    graphs = [qmatmul(codes(32, 96), codes(96, 64, dtype="int8"), a_zero_point=128),
+              qconv(codes(1, 16, 10, 10), codes(32, 16, 3, 3, dtype="int8"), x_zero_point=117, pads=[1, 1, 1, 1])]
+    for graph in graphs:
+        mod, _ = scheduled(graph, caplog)
+        names = list(reduction_kernels(mod))
+        assert len(names) == 1 and "requantize_int32" in names[0], names
