@@ -36,6 +36,7 @@ from tvm import relax, te, topi
 from bitsmith.errors import BuildError, OutputError, UsageError
 from bitsmith.targets import Target, load
 
+from . import x86_intrinsics
 from .cpu_schedule import CPUShape, ScheduleCPU
 from .relax_emit import EmittedModule
 from .requantize import requantize_in_int32
@@ -50,17 +51,16 @@ def tvm_target(target: Target | str) -> tvm.target.Target:
     return tvm.target.Target(dict(target.tvm_target))
 
 
-# The VNNI instruction vpdpbusd sums four uint8 x int8 products into each int32 lane without
-# intermediate saturation, so it is exact (AVX2's pmaddubsw saturates int16 pairs: not exact).
-VNNI_DOT = "bitsmith_dot_16x4_u8i8i32_vnni_local"  # x86_intrinsics.DOT_16X4_VNNI
-
-
 def cpu_shape(target: Target) -> CPUShape:
     """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16),
-    and the int8 dot-product intrinsic where the target has VNNI."""
-    vnni = "avx512_vnni" in target.host_features and target.vector_bits >= 512
-    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if target.vector_bits >= 512 else 16,
-                    dot_u8i8=VNNI_DOT if vnni else None)
+    and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it,
+    else AVX2's vpmaddwd."""
+    wide = target.vector_bits >= 512
+    vnni = "avx512_vnni" in target.host_features and wide
+    dots = (x86_intrinsics.DOT_16X4_VNNI,) if vnni else ()
+    if "avx2" in target.host_features or wide:
+        dots += (x86_intrinsics.DOT_8X2_AVX2_U8, x86_intrinsics.DOT_8X2_AVX2_I8)
+    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if wide else 16, int8_dots=dots)
 
 
 # Convolutions run in NHWC: the output channel is contiguous, so the tiled-reduction schedule

@@ -6,7 +6,9 @@ stays exact.
 - QMatMul / QConv with constant int8 weights read the 8-bit codes and the int8 weights directly (no
   int32 copies), the weights packed into panels, and the input zero point folded into the bias;
 - those kernels equal the integer reference bit for bit at the extremes of the codes (every x = 255 or 0,
-  every w = -128 or 127), where the folded correction zx * sum(w) is largest.
+  every w = -128 or 127), where the folded correction zx * sum(w) is largest;
+- their innermost products are an exact dot-product instruction: vpmaddwd on AVX2, vpdpbusd on AVX-512
+  VNNI (backends/x86_intrinsics.py).
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def test_qmatmul_reads_codes_and_packed_int8_weights(caplog):
     dtypes = param_dtypes(func)
     assert dtypes[:2] == ["uint8", "int8"]  # no int32 copy of either operand
     packed = [int(d) for d in func.params[1].shape]
-    assert packed != [96, 64] and packed[-1] == 8  # panels of one AVX2 int32 vector (8 columns) per k
+    assert packed[-2:] == [8, 2]  # blocks of 8 columns x 2 reduction steps: one AVX2 vpmaddwd each
 
 
 def test_qconv_reads_codes_and_int8_weights(caplog):
@@ -130,6 +132,26 @@ def test_qconv_at_extreme_codes_equals_the_reference(tmp_path, zero_point, pads)
     w = np.full((8, 8, 3, 3), -128, np.int8)
     w[:, :, 1] = 127
     assert_bit_exact(qconv(x, w, zero_point, pads), {"x": x}, tmp_path)
+
+
+@pytest.mark.parametrize("x_value,w_value", [(-128, -128), (127, -128), (-128, 127)])
+def test_qmatmul_with_int8_activations_at_extreme_codes_equals_the_reference(tmp_path, x_value, w_value):
+    a = np.full((6, 256), x_value, np.int8)
+    a[:, ::5] = 127 if x_value < 0 else -128
+    b = np.full((256, 24), w_value, np.int8)
+    b[::3] = 127 if w_value < 0 else -128
+    assert_bit_exact(qmatmul(a, b, 0), {"a": a}, tmp_path)
+
+
+def test_on_avx2_the_int8_reductions_use_vpmaddwd(caplog):
+    """x86-avx2: 8 columns x 2 reduction steps innermost become one vpmaddwd on int16-widened codes, for
+    uint8 and int8 activations (the extreme-code tests above run it on an AVX2 host)."""
+    graphs = [qmatmul(codes(32, 96), codes(96, 64, dtype="int8"), a_zero_point=128),
+              qmatmul(codes(32, 96, dtype="int8"), codes(96, 64, dtype="int8"), a_zero_point=0),
+              qconv(codes(1, 16, 10, 10), codes(32, 16, 3, 3, dtype="int8"), x_zero_point=117, pads=[1, 1, 1, 1])]
+    for graph in graphs:
+        mod, _ = scheduled(graph, caplog)
+        assert "llvm.x86.avx2.pmadd.wd" in mod.script()
 
 
 def test_on_avx512_vnni_the_int8_reductions_use_vpdpbusd(caplog):
