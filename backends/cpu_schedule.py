@@ -46,6 +46,8 @@ PARALLEL_MIN_WORK = 1 << 14
 # Pads are inlined into reductions this short (depthwise convolutions, pooling): a separate padded
 # copy of the input costs more than the boundary tests there. Longer reductions read a padded copy.
 INLINE_PAD_MAX_REDUCTION = 25
+# Reductions this short (depthwise 3x3 and 5x5 convolutions, small pools) are unrolled whole.
+UNROLL_REDUCTION_MAX = 25
 # Loops longer than this are never unrolled (code size and LLVM compile time).
 MAX_UNROLL = 32
 # Storage scope of per-tile buffers (accumulators, partial sums). On CPU, TVM lowers a "global" buffer
@@ -265,6 +267,9 @@ def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | Non
     _place_epilogue(sch, anchor, consumers[0] if tiled_epilogue else None, tile_outer, lanes)
     if tiling.rows_var is not None:
         sch.unroll(tile_inner[0])
+    if _reduction_extent(sch, anchor) <= UNROLL_REDUCTION_MAX:
+        for loop in reduce:  # neighbouring taps then share their loads (a sliding window)
+            sch.unroll(loop)
     if dot is not None:
         sch.unroll(cols_repeat)
     else:
