@@ -8,14 +8,16 @@ schedules each PrimFunc with the first rule that applies:
    wide): the output is tiled as [outer spatial..., cols/cols_tile, rows/rows_tile] x [reduction
    loops] x [rows_tile (unrolled), cols_tile (vectorized)], where `cols` is the spatial axis indexing
    the output's innermost (contiguous) dimension and `rows` the next one. The rows_tile x cols_tile
-   accumulator lives in a local buffer (registers), the outer tile loops run in parallel, and a
+   accumulator lives in a tile buffer (registers), the outer tile loops run in parallel, and a
    fused elementwise epilogue (bias, activation, residual add) is computed per tile. Producers that
    only copy are inlined; real pads stay a separate padded copy unless the reduction is short
    (depthwise convolution, pooling). The weights are re-laid out in the order the tile loops read
-   them (`pack_weights`, a once-per-weight-set transform: see x86.py). On a CPU with an int8 dot
-   product (`CPUShape.dot_u8i8`: AVX-512 VNNI), a uint8 x int8 -> int32 reduction (QConv, QMatMul)
-   splits 4 reduction steps under 16 columns and runs them as one vpdpbusd (x86_intrinsics.py); the
-   packed weights then hold 16 x 4 byte blocks.
+   them (`pack_weights`, a once-per-weight-set transform: see x86.py). On a CPU with an exact int8
+   dot product (`CPUShape.int8_dots`: AVX-512 VNNI vpdpbusd, 16 lanes x 4 steps; AVX2 vpmaddwd, 8
+   lanes x 2 steps; x86_intrinsics.py), an 8-bit x int8 -> int32 reduction (QConv, QMatMul) splits
+   `depth` reduction steps under `lanes` columns and runs them as one intrinsic; the packed weights
+   then hold lanes x depth byte blocks, and the tile shape is chosen for the intrinsic's costs
+   (`_plan_dot_tiling`).
 2. **every block on its own** (elementwise, transposes, gathers, softmax, norms, other reductions):
    injective blocks run their outer loops in parallel and the innermost loop in vectors; a
    reduction over the innermost axis accumulates a vector of partial results (rfactor) and reduces
@@ -44,17 +46,37 @@ PARALLEL_MIN_WORK = 1 << 14
 # Pads are inlined into reductions this short (depthwise convolutions, pooling): a separate padded
 # copy of the input costs more than the boundary tests there. Longer reductions read a padded copy.
 INLINE_PAD_MAX_REDUCTION = 25
+# Reductions this short (depthwise 3x3 and 5x5 convolutions, small pools) are unrolled whole.
+UNROLL_REDUCTION_MAX = 25
 # Loops longer than this are never unrolled (code size and LLVM compile time).
 MAX_UNROLL = 32
+# Storage scope of per-tile buffers (accumulators, partial sums). On CPU, TVM lowers a "global" buffer
+# under 1 KiB to a stack slot (LLVM keeps it in registers) but a "local" one to a workspace-pool call
+# at every allocation: once per tile, inside the parallel loop (measured: 15% of MobileNetV2's time).
+TILE_SCOPE = "global"
+
+
+@dataclass(frozen=True)
+class DotIntrinsic:
+    """A registered TVM tensor intrinsic: `lanes` int32 accumulators (a local buffer), each += the sum
+    of `depth` products of an `activation_dtype` code (broadcast) and an int8 weight ([lanes, depth])."""
+
+    name: str
+    activation_dtype: str
+    lanes: int
+    depth: int
+    broadcast_ops: int = 1  # instructions to broadcast one row's `depth` activation codes
+    scratch_registers: int = 1  # vector registers it needs besides accumulators and weight vectors
 
 
 @dataclass(frozen=True)
 class CPUShape:
-    """What the schedules need to know about the CPU: vector width and vector register count."""
+    """What the schedules need to know about the CPU: vector width, vector register count, and the
+    exact int8 dot-product intrinsics it has (tried in order)."""
 
     vector_bits: int = 256
     vector_registers: int = 16
-    dot_u8i8: str | None = None  # a registered TVM tensor intrinsic for the 16x4 u8 x i8 dot product
+    int8_dots: tuple[DotIntrinsic, ...] = ()
 
     def lanes(self, dtype_bits: int) -> int:
         return max(self.vector_bits // dtype_bits, 1)
@@ -202,45 +224,53 @@ class _Tiling:
 def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
     """Rule 1 (see the module docstring); None when the function has no suitable anchor block.
 
-    On a CPU with VNNI, a uint8 x int8 -> int32 reduction first tries the tiled schedule with its
-    inner 16 columns x 4 reduction steps as one vpdpbusd (`_tiled_reduction(dot_u8i8=True)`)."""
-    if cpu.dot_u8i8 is not None:
+    An 8-bit x int8 -> int32 reduction first tries the tiled schedule with its innermost `lanes`
+    columns x `depth` reduction steps as one of the CPU's dot-product intrinsics."""
+    for dot in cpu.int8_dots:
         try:
-            scheduled = _tiled_reduction(func, cpu, dot_u8i8=True)
+            scheduled = _tiled_reduction(func, cpu, dot)
             if scheduled is not None:
                 return scheduled
-        except Exception as exc:  # no match for the intrinsic: the plain tiled schedule
-            log.debug("u8 x i8 dot product not applied: %s", str(exc).splitlines()[0] if str(exc) else exc)
-    return _tiled_reduction(func, cpu, dot_u8i8=False)
+        except Exception as exc:  # no match for the intrinsic: the next one, then the plain tiled schedule
+            log.debug("%s not applied: %s", dot.name, str(exc).splitlines()[0] if str(exc) else exc)
+    return _tiled_reduction(func, cpu, None)
 
 
-def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot_u8i8: bool) -> tirx.PrimFunc | None:
+def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | None) -> tirx.PrimFunc | None:
     sch = s_tir.Schedule(func)
     parts = _anchor_with_neighbours(sch)
     if parts is None:
         return None
     anchor, producers, consumers = parts
-    if dot_u8i8 and not _is_u8i8_dot(sch, anchor):
+    if dot is not None and not _is_int8_dot(sch, anchor, dot.activation_dtype):
         return None
     loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
     lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
-    tiling = None if loop_of_iter is None else _plan_tiling(sch, anchor, loop_of_iter, cpu, lanes)
-    if tiling is None or loop_of_iter is None:
+    if loop_of_iter is None:
+        return None
+    if dot is None:
+        tiling = _plan_tiling(sch, anchor, loop_of_iter, cpu.accumulator_budget, lanes)
+    else:
+        tiling = _plan_dot_tiling(sch, anchor, loop_of_iter, cpu, dot)
+    if tiling is None:
         return None
     work = _total_work(sch, anchor)
     tile_outer, tile_inner, reduce = _tile_loops(sch, anchor, loop_of_iter, tiling)
-    if dot_u8i8:
-        if tiling.cols_tile % DOT_LANES or (_extent(sch, reduce[-1]) or 1) % DOT_DEPTH:
+    if dot is not None:
+        if tiling.cols_tile % dot.lanes or (_extent(sch, reduce[-1]) or 1) % dot.depth:
             return None
-        reduce_outer, reduce_lane = sch.split(reduce[-1], factors=[None, DOT_DEPTH])
+        reduce_outer, reduce_lane = sch.split(reduce[-1], factors=[None, dot.depth])
         reduce = reduce[:-1] + [reduce_outer]
-        cols_repeat, cols_lanes = sch.split(tile_inner[-1], factors=[None, DOT_LANES])
+        cols_repeat, cols_lanes = sch.split(tile_inner[-1], factors=[None, dot.lanes])
         sch.reorder(*tile_inner[:-1], cols_repeat, cols_lanes, reduce_lane)
     tiled_epilogue = bool(consumers) and _same_output_shape(sch, anchor, consumers[0])
     _place_epilogue(sch, anchor, consumers[0] if tiled_epilogue else None, tile_outer, lanes)
     if tiling.rows_var is not None:
         sch.unroll(tile_inner[0])
-    if dot_u8i8:
+    if _reduction_extent(sch, anchor) <= UNROLL_REDUCTION_MAX:
+        for loop in reduce:  # neighbouring taps then share their loads (a sliding window)
+            sch.unroll(loop)
+    if dot is not None:
         sch.unroll(cols_repeat)
     else:
         _vectorize_in_registers(sch, tile_inner[-1], tiling.cols_tile, lanes)
@@ -251,25 +281,20 @@ def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot_u8i8: bool) -> tirx
     for block in producers + ([] if tiled_epilogue else consumers):
         _parallel_vectorize(sch, block, lanes)
     packed = pack_weights(sch.mod["main"])
-    return _tensorize_dot(packed, sch.get(anchor).name_hint, cpu.dot_u8i8) if cpu.dot_u8i8 and dot_u8i8 else packed  # anchor: the update block
+    return packed if dot is None else _tensorize_dot(packed, sch.get(anchor).name_hint, dot.name)  # anchor: the update block
 
 
-# The u8 x i8 -> i32 dot-product instruction: 16 int32 lanes, each summing 4 byte products (vpdpbusd).
-DOT_LANES = 16
-DOT_DEPTH = 4
-
-
-def _is_u8i8_dot(sch: s_tir.Schedule, block) -> bool:
-    """Whether the block accumulates int32 products of a uint8 and an int8 operand (QConv / QMatMul)."""
+def _is_int8_dot(sch: s_tir.Schedule, block, activation_dtype: str) -> bool:
+    """Whether the block accumulates int32 products of an `activation_dtype` and an int8 operand (QConv /
+    QMatMul; for int8 x int8 the first read is the activation)."""
     stmt = sch.get(block)
-    dtypes = [str(r.source.dtype) for r in stmt.reads]
-    return str(stmt.writes[0].source.dtype) == "int32" and "uint8" in dtypes and "int8" in dtypes
+    dtypes = [str(r.source.dtype) for r in stmt.reads if r.source.name != stmt.writes[0].source.name]
+    return (str(stmt.writes[0].source.dtype) == "int32" and len(dtypes) == 2 and dtypes[0] == activation_dtype
+            and dtypes[1] == "int8")
 
 
 def _tensorize_dot(func: tirx.PrimFunc, anchor_name: str, intrinsic: str) -> tirx.PrimFunc:
-    """Replace the [16 columns x 4 reduction steps] innermost loops of the update block by `intrinsic`."""
-    from . import x86_intrinsics  # noqa: F401  (registers the intrinsics)
-
+    """Replace the [lanes columns x depth reduction steps] innermost loops of the update block by `intrinsic`."""
     sch = s_tir.Schedule(func)
     update = sch.get_sblock(anchor_name)
     sch.tensorize(sch.get_loops(update)[-2], intrinsic)
@@ -303,9 +328,9 @@ def _producers(sch: s_tir.Schedule, anchor_name: str) -> list:
     return blocks[:[sch.get(b).name_hint for b in blocks].index(anchor_name)]
 
 
-def _plan_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, lanes: int) -> _Tiling | None:
+def _plan_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, budget: int, lanes: int) -> _Tiling | None:
     """cols = the iter var of the output's innermost axis, rows = the next wide one; tile sizes that
-    keep the rows_tile x cols_tile accumulator within the CPU's vector registers."""
+    keep the rows_tile x cols_tile accumulator within `budget` vector registers."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
 
@@ -318,8 +343,44 @@ def _plan_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
     if not rows:
         return _Tiling(cols_var, cols_tile, None, 1)
     vectors_per_row = cols_tile // _register_vector_width(cols_tile, lanes)
-    rows_tile = _choose_rows_tile(extent(rows[-1]), max(cpu.accumulator_budget // vectors_per_row, 1))
+    rows_tile = _choose_rows_tile(extent(rows[-1]), max(budget // vectors_per_row, 1))
     return _Tiling(cols_var, cols_tile, rows[-1], rows_tile)
+
+
+# The widest column tile a dot-product schedule considers, in intrinsic widths (vector registers).
+MAX_DOT_VECTORS = 4
+
+
+def _plan_dot_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
+                     dot: DotIntrinsic) -> _Tiling | None:
+    """Tiles for a dot-product intrinsic: R rows x V vectors of `dot.lanes` columns, R dividing the rows
+    exactly (a partial tile's predicate defeats tensorize). Per `depth` reduction steps the tile costs
+    R broadcasts (`broadcast_ops` each), V weight loads and R x V intrinsics: the choice minimizes the
+    overhead per product, broadcast_ops / V + 1 / R, within the vector registers (R x V accumulators,
+    V weight vectors, the intrinsic's scratch)."""
+    def extent(var):
+        return _extent(sch, loop_of_iter[var])
+
+    axis_iters = [v for v in _output_axis_iters(sch, anchor) if v is not None]
+    if not axis_iters or (extent(axis_iters[-1]) or 0) % dot.lanes:
+        return None
+    cols_var, col_vectors = axis_iters[-1], extent(axis_iters[-1]) // dot.lanes
+    rows = [v for v in axis_iters[:-1] if extent(v) not in (None, 1)]
+    row_extent = extent(rows[-1]) if rows else 1
+    best: tuple[tuple[float, int], int, int] | None = None
+    for vectors in range(1, MAX_DOT_VECTORS + 1):
+        if col_vectors % vectors:
+            continue
+        for rows_tile in (d for d in range(1, row_extent + 1) if row_extent % d == 0):
+            if rows_tile * vectors + vectors + dot.scratch_registers > cpu.vector_registers:
+                break
+            key = (dot.broadcast_ops / vectors + 1 / rows_tile, -rows_tile * vectors)
+            if best is None or key < best[0]:
+                best = (key, rows_tile, vectors)
+    if best is None:
+        return None
+    _, rows_tile, vectors = best
+    return _Tiling(cols_var, vectors * dot.lanes, rows[-1] if rows else None, rows_tile)
 
 
 def _tile_loops(sch: s_tir.Schedule, anchor, loop_of_iter: dict, tiling: _Tiling):
@@ -345,9 +406,9 @@ def _place_epilogue(sch: s_tir.Schedule, anchor, epilogue, tile_outer: list, lan
     passed here; it runs on its own and the anchor writes back its tiles."""
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, tile_outer[-1], preserve_unit_loops=True)
-        sch.set_scope(anchor, 0, "local")
+        sch.set_scope(anchor, 0, TILE_SCOPE)
     else:
-        epilogue = sch.cache_write(anchor, 0, "local")
+        epilogue = sch.cache_write(anchor, 0, TILE_SCOPE)
         sch.reverse_compute_at(epilogue, tile_outer[-1], preserve_unit_loops=True)
     _vectorize_tile(sch, epilogue, len(tile_outer), lanes)
 
@@ -485,7 +546,7 @@ def _vectorize_inner_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     outer = sch.get_loops(block)[:spatial_count]
     row = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.compute_at(partials, row, preserve_unit_loops=True)
-    sch.set_scope(partials, 0, "local")
+    sch.set_scope(partials, 0, TILE_SCOPE)
     if work >= PARALLEL_MIN_WORK and (_extent(sch, row) or 0) > 1:
         sch.parallel(row)
     inner = sch.get_loops(partials)[1:]  # [lanes, unit loops..., chunks]: put the lanes innermost

@@ -35,10 +35,18 @@ def available_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
+_requested_threads: int | None = None  # the last explicit request, which a default must not undo
+
+
 def configure_threads(threads: int | None = None) -> int:
-    """Use `threads` worker threads (default: every CPU this process may run on); returns the count in use."""
+    """Use `threads` worker threads; returns the count in use. The default is the count last asked for
+    in this process (an explicit `configure_threads(1)` survives loading an artifact), else every CPU
+    this process may run on."""
+    global _requested_threads
+    if threads is not None:
+        _requested_threads = threads
     cpus = available_cpus()
-    count = threads or len(cpus)
+    count = threads or _requested_threads or len(cpus)
     tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_SHARE_ALL_CORES, count, [str(c) for c in cpus])
     return int(tvm.get_global_func("runtime.NumThreads")())
 
@@ -53,7 +61,8 @@ def _device(name: str) -> tvm.runtime.Device:
 class TVMRunner:
     """Runs main(*inputs, *params) of an exported library and returns numpy outputs.
 
-    `threads` sets TVM's CPU thread pool (default: every available CPU), see `configure_threads`.
+    `threads` sets TVM's CPU thread pool (default: as last configured, else every available CPU), see
+    `configure_threads`.
     """
 
     def __init__(self, lib_path: str, device: str = "cpu", threads: int | None = None) -> None:

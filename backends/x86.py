@@ -10,8 +10,10 @@ only: no operator fusion and no schedules, so every op is a naive single-threade
 reductions; MetaSchedule needs minutes of tuning per model. So the pipeline here (`relax_pipeline`):
 
 1. `ConvertLayout`: conv2d in NHWC (output channels contiguous: the vector axis).
+   `requantize_in_int32` (requantize.py): integer requantize epilogues in 32-bit lanes where exact.
 2. `fast_math`: float32 exp / erf / tanh / sigmoid / softmax -> TOPI's polynomial forms, which
-   vectorize (LLVM calls libm per element otherwise: erf 37x, exp 11x slower).
+   vectorize (LLVM calls libm per element otherwise: erf 37x, exp 11x slower); a where's scalar
+   constant branch -> an immediate (a Select reading a 0-d buffer does not vectorize).
 3. Legalize, fold constants, `FuseOps` + `FuseTIR` (conv + bias + activation + residual in one loop).
 4. `ScheduleCPU` (cpu_schedule.py): register-tiled, vectorized, parallel loop nests for conv and
    matmul, weights packed into panels; rfactor-vectorized row reductions; vectorized elementwise.
@@ -35,8 +37,10 @@ from tvm import relax, te, topi
 from bitsmith.errors import BuildError, OutputError, UsageError
 from bitsmith.targets import Target, load
 
+from . import x86_intrinsics
 from .cpu_schedule import CPUShape, ScheduleCPU
 from .relax_emit import EmittedModule
+from .requantize import requantize_in_int32
 
 
 def tvm_target(target: Target | str) -> tvm.target.Target:
@@ -48,17 +52,16 @@ def tvm_target(target: Target | str) -> tvm.target.Target:
     return tvm.target.Target(dict(target.tvm_target))
 
 
-# The VNNI instruction vpdpbusd sums four uint8 x int8 products into each int32 lane without
-# intermediate saturation, so it is exact (AVX2's pmaddubsw saturates int16 pairs: not exact).
-VNNI_DOT = "bitsmith_dot_16x4_u8i8i32_vnni_local"  # x86_intrinsics.DOT_16X4_VNNI
-
-
 def cpu_shape(target: Target) -> CPUShape:
     """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16),
-    and the int8 dot-product intrinsic where the target has VNNI."""
-    vnni = "avx512_vnni" in target.host_features and target.vector_bits >= 512
-    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if target.vector_bits >= 512 else 16,
-                    dot_u8i8=VNNI_DOT if vnni else None)
+    and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it,
+    else AVX2's vpmaddwd."""
+    wide = target.vector_bits >= 512
+    vnni = "avx512_vnni" in target.host_features and wide
+    dots = (x86_intrinsics.DOT_16X4_VNNI,) if vnni else ()
+    if "avx2" in target.host_features or wide:
+        dots += (x86_intrinsics.DOT_8X2_AVX2_U8, x86_intrinsics.DOT_8X2_AVX2_I8)
+    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if wide else 16, int8_dots=dots)
 
 
 # Convolutions run in NHWC: the output channel is contiguous, so the tiled-reduction schedule
@@ -84,11 +87,38 @@ FAST_MATH = {
 }
 
 
+def _broadcast_read(tensor: te.Tensor, index: tuple, shape: list[int]) -> tvm.tirx.PrimExpr:
+    """tensor[index] under numpy broadcasting to `shape` (trailing axes aligned, broadcast axes read at 0;
+    a tensor of the full shape is read elementwise, so that FuseOps sees an elementwise op)."""
+    offset = len(index) - len(tensor.shape)
+    return tensor[tuple(0 if int(d) == 1 and shape[offset + k] != 1 else index[offset + k]
+                        for k, d in enumerate(tensor.shape))]
+
+
+def _where_with_immediate(condition: te.Tensor, other: te.Tensor, value: float | int, value_first: bool,
+                          shape: list[int], dtype: str) -> te.Tensor:
+    """where(condition, value, other) (or with the branches swapped) with `value` an immediate."""
+    def element(*index: tvm.tirx.Var) -> tvm.tirx.PrimExpr:
+        branches = [tvm.tirx.const(value, dtype), _broadcast_read(other, index, shape)]
+        first, second = branches if value_first else branches[::-1]
+        return tvm.tirx.Select(_broadcast_read(condition, index, shape), first, second)
+
+    return te.compute(shape, element, name="where")
+
+
+def _scalar_constant(expr: relax.Expr) -> float | int | None:
+    if isinstance(expr, tvm.ir.expr.Constant) and expr.value.numpy().size == 1:
+        return expr.value.numpy().reshape(-1)[0].item()
+    return None
+
+
 @relax.expr_functor.mutator
 class _FastMathRewriter(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+        if name == "relax.where":
+            return self._where(call)
         if not call.args or str(getattr(call.args[0].ty, "dtype", "")) != "float32":
             return call
         if name in FAST_MATH:
@@ -97,10 +127,24 @@ class _FastMathRewriter(relax.PyExprMutator):
             return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis))
         return call
 
+    def _where(self, call: relax.Call) -> relax.Expr:
+        """A where with a scalar constant branch (quantize's NaN guard) takes the constant as an
+        immediate: as a 0-d buffer operand of a Select, it makes TVM's vectorizer fall back to scalar
+        code for the whole fused loop (measured: MiniLM's softmax + quantize 5x slower)."""
+        condition, first, second = call.args
+        for value, other, value_first in ((_scalar_constant(first), second, True),
+                                          (_scalar_constant(second), first, False)):
+            if value is not None and _scalar_constant(other) is None:
+                shape = [int(d) for d in call.ty.shape.values]
+                return self.builder_.call_te(_where_with_immediate, condition, other, value, value_first, shape,
+                                             str(call.ty.dtype), primfunc_name_hint="where")
+        return call
+
 
 @tvm.transform.module_pass(opt_level=0, name="BitsmithFastMath")
 def fast_math(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Replace float32 exp / erf / tanh / sigmoid / softmax by their vectorizable TOPI forms."""
+    """Replace float32 exp / erf / tanh / sigmoid / softmax by their vectorizable TOPI forms, and the
+    scalar constant branch of a where by an immediate."""
     rewriter = _FastMathRewriter(mod)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
@@ -114,6 +158,9 @@ def scheduling_passes(cpu: CPUShape) -> list[tvm.transform.Pass]:
     batch-norm factors) is lifted into `main_transform_params`, which runs once per weight set."""
     return [
         relax.transform.ConvertLayout(CONV_LAYOUTS),
+        relax.transform.FoldConstant(),  # the layout conversion's permuted constants, for the next pass
+        requantize_in_int32,
+        relax.transform.DeadCodeElimination(),
         fast_math,
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

@@ -12,6 +12,14 @@ a child process (`--time-threads N`) that loads the artifacts compiled by the pa
 Compile time is "templates only": bitsmith's default CPU schedules (backends/cpu_schedule.py), no
 tuning. The host is shared: the load average before and after each timing is recorded next to it.
 
+Achieved GOP/s of the main kernels: each bitsmith artifact's kernels are timed one by one (the Relax
+VM's per-call profile, best of several runs) and their multiply-adds counted from the fused kernels'
+reduction blocks (`kernel_work`); per kind of kernel (1x1 convolution, k x k convolution, depthwise
+convolution, matmul) GOP/s = 2 x MACs / time, next to the peak computed from the ISA: threads x
+lanes x FMA ports x 2 ops x clock, where a lane does one fp32 multiply-add per instruction or, for
+int8, the exact dot product's products per int32 lane (AVX2 vpmaddwd: 2, AVX-512 VNNI vpdpbusd: 4),
+and the clock is measured (a dependent chain of 1-cycle integer operations, `measure_clock_ghz`).
+
 Writes docs/results/x86_speed.json and .md. Re-run: `.venv/bin/python scripts/x86_speed.py`
 (about 10-15 min on 2 busy cores; `--cases mobilenet_v2-b1` for one case, `--repeat` for more runs).
 """
@@ -112,6 +120,7 @@ def compile_case(case: Case, workdir: Path) -> dict:
     """Build the two bitsmith artifacts and the ORT INT8 model of a case; their paths and compile times."""
     import bitsmith
     from bitsmith import zoo
+    from bitsmith.pipeline import compile_traced
 
     shapes = zoo.input_shapes(case.model, batch=case.batch)
     calibration = zoo.inputs(case.model, CALIBRATION_FEEDS, batch=case.batch, split="calib")
@@ -119,16 +128,144 @@ def compile_case(case: Case, workdir: Path) -> dict:
     for kind, recipe in (("fp32", None), ("int8", "w8a8")):
         start = time.perf_counter()
         try:
-            bitsmith.compile(zoo.onnx_path(case.model), "host", recipe=recipe,
-                             calibration=calibration if recipe else None, input_shapes=shapes,
-                             output_dir=workdir / f"{case.name}-{kind}", quiet=True)
+            compiled = compile_traced(zoo.onnx_path(case.model), "host", recipe=recipe,
+                                      calibration=calibration if recipe else None, input_shapes=shapes,
+                                      output_dir=workdir / f"{case.name}-{kind}", quiet=True)
+            record[f"bitsmith_{kind}_compile_s"] = round(time.perf_counter() - start, 1)
             record[f"bitsmith_{kind}_artifact"] = str(workdir / f"{case.name}-{kind}")
+            record[f"bitsmith_{kind}_kernels"] = kernel_work(compiled.lowered)
         except bitsmith.BitsmithError as exc:
             record[f"bitsmith_{kind}_error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        record[f"bitsmith_{kind}_compile_s"] = round(time.perf_counter() - start, 1)
+            record[f"bitsmith_{kind}_compile_s"] = round(time.perf_counter() - start, 1)
     batch1 = zoo.inputs(case.model, CALIBRATION_FEEDS, batch=1, split="calib")
     record["ort_int8_model"] = str(ort_int8_model(case, batch1, workdir))
     return record
+
+
+# -- kernel work and peak ------------------------------------------------------------------------------
+def kernel_work(graph) -> dict[str, dict]:
+    """{kernel name: {"macs": multiply-adds per call, "kind": ...}} for the multiply-accumulate kernels
+    the x86 backend builds from `graph`: the fused PrimFuncs before scheduling (the library's kernels
+    carry the same names, "_prepacked" appended where weights are packed)."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    from bitsmith.backends import x86
+    from bitsmith.backends.relax_emit import emit_relax
+    from bitsmith.targets import load
+
+    target = load("host")
+    passes = x86.scheduling_passes(x86.cpu_shape(target))
+    fused = [type(p).__name__ for p in passes].index("ScheduleCPU") - 1  # through AttachAttrLayoutFreeBuffers
+    with x86.tvm_target(target):
+        mod = tvm.transform.Sequential(passes[:fused])(emit_relax(graph).mod)
+    work = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            found = _multiply_accumulate(s_tir.Schedule(func))
+            if found is not None:
+                work[gvar.name_hint] = found
+    return work
+
+
+def _multiply_accumulate(sch) -> dict | None:
+    """MACs and kind of the function's multiply-accumulate reduction block (conv, matmul), or None.
+    TOPI's NHWC convolutions reduce over (kernel rows, kernel columns, input channels of the group)."""
+    from tvm import tirx
+
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        stmt = sch.get(block)
+        value = getattr(stmt.body, "value", None)
+        reduce_extents = [int(iv.dom.extent) for iv in stmt.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+        if not reduce_extents or not isinstance(value, tirx.Add) or not any(
+                isinstance(term, tirx.Mul) for term in (value.a, value.b)):
+            continue
+        macs = 1
+        for iv in stmt.iter_vars:
+            macs *= int(iv.dom.extent)
+        name = stmt.name_hint
+        if "conv" not in name or len(reduce_extents) != 3:
+            kind = "matmul"
+        elif reduce_extents[2] == 1 and ("group" in name or "depthwise" in name):
+            kind = "depthwise conv"
+        else:
+            kind = "conv 1x1" if reduce_extents[0] * reduce_extents[1] == 1 else "conv kxk"
+        return {"macs": macs, "kind": kind}
+    return None
+
+
+def measure_clock_ghz(samples: int = 30, iterations: int = 20_000_000) -> float:
+    """This core's clock: a loop-carried chain of two 1-cycle integer operations (xor, add) per iteration,
+    compiled by TVM's LLVM, best of `samples` runs in thread CPU time."""
+    import numpy as np
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def chain(a: T.Buffer((2,), "int64")):
+        for i in range(a[1]):
+            a[0] = (a[0] ^ i) + T.int64(1)
+
+    executable = tvm.compile(tvm.IRModule({"main": chain}), tvm.target.Target({"kind": "llvm"}))
+    run = executable.mod["main"]
+    state = tvm.runtime.tensor(np.array([0, iterations], np.int64))
+    best = float("inf")
+    for _ in range(samples):
+        start = time.thread_time()
+        run(state)
+        best = min(best, time.thread_time() - start)
+    return 2 * iterations / best / 1e9
+
+
+def peak_gops(threads: int, clock_ghz: float) -> dict[str, dict]:
+    """Peak GOP/s per format on `threads` cores of the host target: threads x lanes x FMA ports x 2 x clock."""
+    from bitsmith.backends import x86
+    from bitsmith.targets import load
+
+    target = load("host")
+    lanes = target.vector_bits // 32
+    dots = x86.cpu_shape(target).int8_dots
+    products = dots[0].lanes * dots[0].depth // lanes if dots else 1
+    peaks = {}
+    for fmt, per_lane in (("fp32", 1), ("int8", products)):
+        macs_per_cycle = lanes * per_lane * target.fma_ports
+        peaks[fmt] = {"gops": round(threads * macs_per_cycle * 2 * clock_ghz, 1), "threads": threads,
+                      "lanes": lanes, "macs_per_lane": per_lane, "ports": target.fma_ports,
+                      "clock_ghz": round(clock_ghz, 2)}
+    return peaks
+
+
+def kernel_rates(profile, work: dict[str, dict], runs: int = 10) -> dict:
+    """Per kind of kernel: kernels, GMAC per inference, best-of-`runs` ms and GOP/s; and the three slowest
+    kernels alone. `profile()` returns one inference's (symbol, ms) calls (TVMRunner.profile)."""
+    best: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for _ in range(runs):
+        calls: dict[str, float] = {}
+        counts = {}
+        for symbol, ms in profile():
+            calls[symbol] = calls.get(symbol, 0.0) + ms
+            counts[symbol] = counts.get(symbol, 0) + 1
+        for symbol, ms in calls.items():
+            best[symbol] = min(best.get(symbol, float("inf")), ms)
+    kinds: dict[str, dict] = {}
+    kernels = []
+    for symbol, ms in best.items():
+        entry = work.get(symbol.removesuffix("_prepacked"))
+        if entry is None:
+            continue
+        gmac = entry["macs"] * counts[symbol] / 1e9
+        kind = kinds.setdefault(entry["kind"], {"kernels": 0, "gmac": 0.0, "ms": 0.0})
+        kind["kernels"] += counts[symbol]
+        kind["gmac"] += gmac
+        kind["ms"] += ms
+        kernels.append({"kernel": symbol, "kind": entry["kind"], "calls": counts[symbol], "gmac": round(gmac, 4),
+                        "ms": round(ms, 3), "gops": round(2 * gmac / (ms / 1e3), 1) if ms else None})
+    for kind in kinds.values():
+        kind["gops"] = round(2 * kind["gmac"] / (kind["ms"] / 1e3), 1) if kind["ms"] else None
+        kind["gmac"], kind["ms"] = round(kind["gmac"], 4), round(kind["ms"], 3)
+    kernels.sort(key=lambda k: -k["ms"])
+    return {"kinds": kinds, "slowest": kernels[:3]}
 
 
 # -- time (child) --------------------------------------------------------------------------------------
@@ -139,12 +276,16 @@ def time_case(record: dict, threads: int, repeat: int) -> dict:
     from bitsmith.measure import median, ort_session, time_alternating
 
     feed = zoo.inputs(record["model"], 1, batch=record["batch"], split="eval")[0]
-    contenders, errors = {}, {}
+    contenders, errors, profiles = {}, {}, {}
     for kind in ("fp32", "int8"):
         if f"bitsmith_{kind}_artifact" in record:
             artifact = bitsmith.Artifact.load(record[f"bitsmith_{kind}_artifact"])
-            args = artifact._runner.prepare(artifact._ordered_inputs(feed), artifact._params)
-            contenders[f"bitsmith_{kind}"] = (lambda main, args: lambda: main(*args))(artifact._runner._main, args)
+            runner, inputs, params = artifact._runner, artifact._ordered_inputs(feed), artifact._params
+            if runner.threads != threads:
+                raise RuntimeError(f"bitsmith runs {runner.threads} threads, not the {threads} asked for")
+            args = runner.prepare(inputs, params)
+            contenders[f"bitsmith_{kind}"] = (lambda main, args: lambda: main(*args))(runner._main, args)
+            profiles[kind] = (lambda r, i, p: lambda: r.profile(i, p))(runner, inputs, params)
     for kind, path in (("fp32", zoo.onnx_path(record["model"])), ("int8", record["ort_int8_model"])):
         try:
             session = ort_session(path, threads=threads, spin=False)
@@ -159,6 +300,8 @@ def time_case(record: dict, threads: int, repeat: int) -> dict:
     result = {f"{name}_ms": round(median(values), 3) for name, values in times.items()}
     result.update(errors)
     result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    result["kernels"] = {kind: kernel_rates(profile, record[f"bitsmith_{kind}_kernels"])
+                         for kind, profile in profiles.items()}
     return result
 
 
@@ -167,7 +310,7 @@ def child_main(args: argparse.Namespace) -> None:
 
     configure_threads(args.time_threads)  # before any TVM work: the pool cannot be resized later
     records = json.loads((args.workdir / "compiled.json").read_text())
-    timings = {}
+    timings: dict = {"clock_ghz": round(measure_clock_ghz(), 3)}
     for record in records:
         try:
             timings[record["case"]] = time_case(record, args.time_threads, args.repeat)
@@ -221,6 +364,7 @@ def render(doc: dict) -> str:
               "| case | bitsmith FP32 s | bitsmith INT8 s (incl. calibration, quantization) |", "|---|---|---|"]
     for case in doc["cases"]:
         lines.append(f"| {case['case']} | {case['bitsmith_fp32_compile_s']} | {case['bitsmith_int8_compile_s']} |")
+    lines += render_kernel_rates(doc)
     errors = [(c["case"], k, c[k]) for c in doc["cases"] for k in ("bitsmith_fp32_error", "bitsmith_int8_error") if k in c]
     errors += [(c["case"], k, t[k]) for c in doc["cases"] for t in list(c["timings"].values())[:1]
                for k in ("ort_fp32_error", "ort_int8_error") if k in t]
@@ -229,6 +373,38 @@ def render(doc: dict) -> str:
         lines += [f"- {name}, {key.removesuffix('_error')}: {message}" for name, key, message in errors]
     lines += ["", f"Load average at start / end: {doc['load_average']}.", ""]
     return "\n".join(lines)
+
+
+def render_kernel_rates(doc: dict) -> list[str]:
+    """The GOP/s section: per case, thread count, artifact and kind of kernel, against the ISA peak."""
+    peaks = doc["peak"]
+    lines = ["", "## Achieved GOP/s of the main kernels", "",
+             "Each kernel timed alone by the Relax VM's per-call profile (best of 10 inferences); multiply-adds "
+             "counted from its reduction block; GOP/s = 2 x MACs / time. Peak = threads x lanes x FMA ports x "
+             "2 ops x clock, computed from the ISA with the measured clock:", ""]
+    for threads, peak in peaks.items():
+        fp32, int8 = peak["fp32"], peak["int8"]
+        lines.append(f"- {threads} thread(s), {fp32['clock_ghz']} GHz: FP32 {fp32['lanes']} lanes x "
+                     f"{fp32['ports']} ports = {fp32['gops']} GOP/s; INT8 {int8['lanes']} lanes x "
+                     f"{int8['macs_per_lane']} products x {int8['ports']} ports = {int8['gops']} GOP/s")
+    lines += ["", "| case | threads | artifact | kind | calls | GMAC | ms | GOP/s | % of peak |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for case in doc["cases"]:
+        for threads, timing in case["timings"].items():
+            for artifact, rates in timing.get("kernels", {}).items():
+                peak = peaks[threads][artifact]["gops"]
+                for kind, rate in sorted(rates["kinds"].items(), key=lambda kv: -kv[1]["ms"]):
+                    share = f"{100 * rate['gops'] / peak:.0f}%" if rate["gops"] else "—"
+                    lines.append(f"| {case['case']} | {threads} | {artifact.upper()} | {kind} | {rate['kernels']} | "
+                                 f"{rate['gmac']:.3f} | {rate['ms']:.2f} | {rate['gops']} | {share} |")
+    lines += ["", "Slowest kernels (1 thread):", "", "| case | artifact | kernel | kind | GMAC | ms | GOP/s |",
+              "|---|---|---|---|---|---|---|"]
+    for case in doc["cases"]:
+        for artifact, rates in case["timings"].get("1", {}).get("kernels", {}).items():
+            for k in rates["slowest"]:
+                lines.append(f"| {case['case']} | {artifact.upper()} | `{k['kernel'][:60]}` | {k['kind']} | "
+                             f"{k['gmac']:.3f} | {k['ms']:.3f} | {k['gops']} |")
+    return lines
 
 
 def cpu_name() -> str:
@@ -265,7 +441,7 @@ def main() -> None:
         timings = {t: json.loads((workdir / f"timings-{t}.json").read_text()) for t in THREADS}
     cases = []
     for record in records:
-        entry = {k: v for k, v in record.items() if not k.endswith(("_artifact", "_model"))}
+        entry = {k: v for k, v in record.items() if not k.endswith(("_artifact", "_model", "_kernels"))}
         entry["timings"] = {}
         for threads in THREADS:
             timing = timings[threads][record["case"]]
@@ -276,7 +452,8 @@ def main() -> None:
     doc = {"target": load("host").name, "cpu": cpu_name(),
            "cpu_count": len(os.sched_getaffinity(0)), "onnxruntime": onnxruntime.__version__,
            "bitsmith_version": bitsmith.__version__, "repeat": args.repeat, "threads": list(THREADS),
-           "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)], "cases": cases}
+           "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)], "cases": cases,
+           "peak": {str(t): peak_gops(t, timings[t]["clock_ghz"]) for t in THREADS}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "x86_speed.json").write_text(json.dumps(doc, indent=1) + "\n")
     (RESULTS / "x86_speed.md").write_text(render(doc))

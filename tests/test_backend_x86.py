@@ -10,10 +10,13 @@ zoo models are marked slow).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+import tvm
 
 from bitsmith import zoo
 from bitsmith.backends import x86
@@ -442,6 +445,39 @@ def test_fast_math_is_accurate_elementwise(tmp_path, op, torch_fn):
     assert np.all(np.abs(got - exact) <= 1e-6 * np.abs(exact) + tiny)
 
 
+def test_a_where_with_a_scalar_constant_branch_takes_an_immediate_and_stays_exact(tmp_path):
+    """Softmax -> QuantizeLinear: the quantize's NaN guard (where(isnan, 0, x)) becomes one fused kernel
+    with the 0 as an immediate (a 0-d buffer in a Select keeps TVM from vectorizing the loop), and the
+    codes equal the reference's. Where's other forms (scalar first or second, broadcast) as well."""
+    graph = Graph(name="softmax_quantize")
+    graph.add_value("x", (2, 64, 48), "float32")
+    graph.inputs.append("x")
+    graph.add_constant("scale", np.array(1 / 256, np.float32))
+    graph.add_constant("zero_point", np.array(0, np.int32))
+    graph.add_value("p", (2, 64, 48), "float32")
+    graph.add_value("q", (2, 64, 48), "uint8")
+    graph.nodes = [Node("Softmax", "softmax", ["x"], ["p"], {"axis": -1}),
+                   Node("QuantizeLinear", "quantize", ["p", "scale", "zero_point"], ["q"],
+                        {"axis": 0, "dtype": "uint8", "qmin": 0, "qmax": 255})]
+    graph.outputs = ["q"]
+    verify(graph, OPS)
+    target = x86.load("x86-avx2")
+    with x86.tvm_target(target):
+        mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
+    kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    (fused,) = [f for name, f in kernels.items() if "softmax" in name]
+    assert "where" in next(n for n in kernels if "softmax" in n) and "T.Buffer(()" not in fused.script()
+    x = rand(2, 64, 48, low=-6.0, high=6.0)
+    runner, params = compile_and_load(graph, tmp_path)
+    expected = run_graph(graph, {"x": x})["q"].astype(np.int32)
+    assert np.abs(runner.run([x], params)[0].astype(np.int32) - expected).max() <= 1  # float softmax: a code at most
+    for folder, inputs, constants, order in (
+            ("first", {"c": rand(3, 4) > 0, "y": rand(4)}, {"x": np.array(2.5, np.float32)}, ["c", "x", "y"]),
+            ("second", {"c": rand(3, 1) > 0, "x": rand(3, 4)}, {"y": np.array(-1.0, np.float32)}, None)):
+        (tmp_path / folder).mkdir()  # a process loads a library path once
+        check_op(tmp_path / folder, "Where", inputs, constants=constants, order=order)
+
+
 # ---------------------------------------------------------------------------------------------
 # Coverage, errors, and a whole small network
 # ---------------------------------------------------------------------------------------------
@@ -569,3 +605,17 @@ def test_runner_rejects_inputs_of_the_wrong_shape_with_a_data_error(tmp_path):
     with pytest.raises(DataError, match="main rejected"):
         runner.run([rand(1, 3, 8, 8)], params)
     assert runner.threads >= 1
+
+
+def test_a_thread_count_asked_for_survives_loading_a_runner(tmp_path):
+    """configure_threads(1) and then a TVMRunner without `threads` (as Artifact.load makes it) keeps one
+    thread: benchmarks that give ONNX Runtime one thread must give bitsmith one too. In a fresh process,
+    since TVM's pool is process-wide."""
+    library = x86.export(x86.build(emit_relax(small_cnn()), "host"), tmp_path / "cnn.so")
+    code = ("from bitsmith.backends.runner import TVMRunner, configure_threads\n"
+            "import tvm\n"
+            "configure_threads(1)\n"
+            f"TVMRunner({str(library)!r})\n"
+            "print(tvm.get_global_func('runtime.NumThreads')())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split()[-1] == "1"

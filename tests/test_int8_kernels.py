@@ -6,7 +6,9 @@ stays exact.
 - QMatMul / QConv with constant int8 weights read the 8-bit codes and the int8 weights directly (no
   int32 copies), the weights packed into panels, and the input zero point folded into the bias;
 - those kernels equal the integer reference bit for bit at the extremes of the codes (every x = 255 or 0,
-  every w = -128 or 127), where the folded correction zx * sum(w) is largest.
+  every w = -128 or 127), where the folded correction zx * sum(w) is largest;
+- their innermost products are an exact dot-product instruction: vpmaddwd on AVX2, vpdpbusd on AVX-512
+  VNNI (backends/x86_intrinsics.py).
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def test_qmatmul_reads_codes_and_packed_int8_weights(caplog):
     dtypes = param_dtypes(func)
     assert dtypes[:2] == ["uint8", "int8"]  # no int32 copy of either operand
     packed = [int(d) for d in func.params[1].shape]
-    assert packed != [96, 64] and packed[-1] == 8  # panels of one AVX2 int32 vector (8 columns) per k
+    assert packed[-2:] == [8, 2]  # blocks of 8 columns x 2 reduction steps: one AVX2 vpmaddwd each
 
 
 def test_qconv_reads_codes_and_int8_weights(caplog):
@@ -132,6 +134,26 @@ def test_qconv_at_extreme_codes_equals_the_reference(tmp_path, zero_point, pads)
     assert_bit_exact(qconv(x, w, zero_point, pads), {"x": x}, tmp_path)
 
 
+@pytest.mark.parametrize("x_value,w_value", [(-128, -128), (127, -128), (-128, 127)])
+def test_qmatmul_with_int8_activations_at_extreme_codes_equals_the_reference(tmp_path, x_value, w_value):
+    a = np.full((6, 256), x_value, np.int8)
+    a[:, ::5] = 127 if x_value < 0 else -128
+    b = np.full((256, 24), w_value, np.int8)
+    b[::3] = 127 if w_value < 0 else -128
+    assert_bit_exact(qmatmul(a, b, 0), {"a": a}, tmp_path)
+
+
+def test_on_avx2_the_int8_reductions_use_vpmaddwd(caplog):
+    """x86-avx2: 8 columns x 2 reduction steps innermost become one vpmaddwd on int16-widened codes, for
+    uint8 and int8 activations (the extreme-code tests above run it on an AVX2 host)."""
+    graphs = [qmatmul(codes(32, 96), codes(96, 64, dtype="int8"), a_zero_point=128),
+              qmatmul(codes(32, 96, dtype="int8"), codes(96, 64, dtype="int8"), a_zero_point=0),
+              qconv(codes(1, 16, 10, 10), codes(32, 16, 3, 3, dtype="int8"), x_zero_point=117, pads=[1, 1, 1, 1])]
+    for graph in graphs:
+        mod, _ = scheduled(graph, caplog)
+        assert "llvm.x86.avx2.pmadd.wd" in mod.script()
+
+
 def test_on_avx512_vnni_the_int8_reductions_use_vpdpbusd(caplog):
     """x86-avx512 (VNNI): the 16 columns x 4 reduction steps innermost become one vpdpbusd; the
     extreme-code tests above run it on the host when the host has VNNI (exact: no saturation)."""
@@ -142,3 +164,14 @@ def test_on_avx512_vnni_the_int8_reductions_use_vpdpbusd(caplog):
         with x86.tvm_target(target):
             mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
         assert "llvm.x86.avx512.vpdpbusd.512" in mod.script()
+
+
+def test_the_requantize_epilogue_of_qconv_and_qmatmul_runs_in_32_bit_lanes(caplog):
+    """relax_emit's int64 requantize chain is the one backends/requantize.py rewrites (shifts >= 33 here),
+    fused into the convolution / matmul kernel."""
+    graphs = [qmatmul(codes(32, 96), codes(96, 64, dtype="int8"), a_zero_point=128),
+              qconv(codes(1, 16, 10, 10), codes(32, 16, 3, 3, dtype="int8"), x_zero_point=117, pads=[1, 1, 1, 1])]
+    for graph in graphs:
+        mod, _ = scheduled(graph, caplog)
+        names = list(reduction_kernels(mod))
+        assert len(names) == 1 and "requantize_int32" in names[0], names
