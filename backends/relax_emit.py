@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import relax, topi
+from tvm import relax
 from tvm.relax import op as R
 
 from bitsmith.errors import BuildError, UnsupportedError
@@ -860,45 +860,71 @@ def emit_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
 # Low-precision formats (ops.LOW_PRECISION_OPS): stored bytes -> values, exactly the reference's
 # ---------------------------------------------------------------------------------------------
 # 4-bit codes are unpacked with shift / mask. Elements and scales are decoded by tables of their exact
-# values (16 entries for FP4, 256 for FP8, E8M0 and E4M3), and FP8 is encoded with integer arithmetic
-# on the float32 bits: TVM 0.27's float8 casts on llvm are wrong below the smallest normal number (0.0
-# -> float8_e4m3fn -> float32 gives 2^-7) and on NaN / Inf codes, and R.dequantize truncates FP8.
+# values (16 entries for FP4, 256 for FP8, E8M0 and E4M3), and FP8 is rounded with exact float32
+# arithmetic (`_float8_steps`): TVM 0.27's float8 casts on llvm are wrong below the smallest normal number
+# (0.0 -> float8_e4m3fn -> float32 gives 2^-7) and on NaN / Inf codes, and R.dequantize truncates FP8.
 # Weight decoding reads parameters only, so the backend lifts it into main_transform_params: it runs
 # once, when the weights are loaded.
-def _reinterpret(e: _Emitter, x: relax.Expr, dtype: str) -> relax.Expr:
-    """The bits of a float32 tensor as int32, or back (same width: an LLVM bitcast)."""
-    return e.builder.call_te(topi.reinterpret, e.emit(x), dtype)
-
-
 def _table_values(table: np.ndarray, index: relax.Expr) -> relax.Expr:
     """table[index] for uint8 / int32 indices within the table."""
     return R.take(relax.const(table), R.astype(index, "int32"), axis=0, mode="clip")
 
 
-def _encode_float8(e: _Emitter, scaled: relax.Expr, fmt: str) -> relax.Expr:
-    """uint8 bit patterns of the `fmt` elements nearest to `scaled` (float32), saturating, ties to even.
+def _float8_steps(e: _Emitter, x: relax.Expr, fmt: str) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
+    """(power, q, step) of the `fmt` element nearest |x| (float32), saturating, ties to even: the element
+    is q * step, step = power * 2^-mantissa_bits, q = rne(a / step) (float32, an integer up to
+    2^(mantissa_bits + 1)), a = min(|x|, max finite), power = 2^max(floor(log2 a), min_exponent).
 
-    With a = min(|x|, max finite), e = max(floor(log2 a), the smallest normal exponent) read from a's
-    float32 exponent field, and q = rne(a / 2^(e - mantissa_bits)) (an exact division by a power of two),
-    the magnitude's code is (e - min_exponent) * 2^mantissa_bits + q: the subnormals (e clamped, q below
-    2^mantissa_bits), the normals and a carry into the next binade (q = 2^(mantissa_bits + 1)) alike. The
-    sign bit is x's (so -0.0 gives 0x80, as ml_dtypes); NaN gives ml_dtypes' NaN pattern."""
+    power comes from Rump, Ogita and Oishi's NextPowerTwo (2008): with q = a * 2^24 (exact),
+    L = (q + a) - q is 2^ceil(log2 a), or 0 when a is a power of two itself; then halve L above a. Every
+    step is exact float32 arithmetic, so subnormals (power clamped, q below 2^mantissa_bits), normals and a
+    carry into the next binade (q = 2^(mantissa_bits + 1)) come out alike, with a handful of elementwise
+    Relax ops (Relax has no bit casts, and a TIR function would stop ConvertLayout and the fusion with the
+    op computing x)."""
     info = format_info(fmt)
-    mantissa, min_exponent = info.mantissa_bits, info.min_exponent
-    nan_bits = nan_code(fmt)
-    scaled = e.emit(scaled)
-    magnitude = e.emit(R.minimum(R.abs(scaled), _scalar(info.max_finite, "float32")))
-    biased = R.right_shift(_reinterpret(e, magnitude, "int32"), _scalar(23, "int32"))
-    exponent = e.emit(R.maximum(R.subtract(biased, _scalar(127, "int32")), _scalar(min_exponent, "int32")))
-    step = _reinterpret(e, R.left_shift(R.add(exponent, _scalar(127 - mantissa, "int32")), _scalar(23, "int32")),
-                        "float32")
-    steps = R.astype(R.round(R.divide(magnitude, step)), "int32")
-    code = R.add(R.multiply(R.subtract(exponent, _scalar(min_exponent, "int32")), _scalar(1 << mantissa, "int32")),
-                 steps)
-    negative = R.less(_reinterpret(e, scaled, "int32"), _scalar(0, "int32"))
-    code = R.where(negative, R.add(code, _scalar(128, "int32")), code)
-    code = R.where(R.isnan(scaled), _scalar(nan_bits, "int32"), code)
-    return R.astype(code, "uint8")
+    magnitude = e.emit(R.minimum(R.abs(x), _scalar(info.max_finite, "float32")))
+    shifted = e.emit(R.multiply(magnitude, _scalar(2.0 ** 24, "float32")))
+    # TVM's simplifier rewrites (q + a) - q to a, floats included: the select (always q, as a >= 0) hides q
+    unseen = R.where(R.greater_equal(magnitude, _scalar(0.0, "float32")), shifted, R.negative(shifted))
+    ceiling = e.emit(R.subtract(R.add(shifted, magnitude), unseen))
+    ceiling = e.emit(R.where(R.equal(ceiling, _scalar(0.0, "float32")), magnitude, ceiling))
+    power = R.where(R.greater(ceiling, magnitude), R.multiply(ceiling, _scalar(0.5, "float32")), ceiling)
+    power = e.emit(R.maximum(power, _scalar(2.0 ** info.min_exponent, "float32")))
+    step = e.emit(R.multiply(power, _scalar(2.0 ** -info.mantissa_bits, "float32")))
+    return power, e.emit(R.round(R.divide(magnitude, step))), step
+
+
+def _sign_bit(x: relax.Expr) -> relax.Expr:
+    """x's sign bit: x < 0, or x = -0.0 (1 / -0.0 = -inf)."""
+    zero = _scalar(0.0, "float32")
+    return R.logical_or(R.less(x, zero), R.logical_and(R.equal(x, zero),
+                                                       R.less(R.divide(_scalar(1.0, "float32"), x), zero)))
+
+
+def _encode_float8(e: _Emitter, x: relax.Expr, fmt: str) -> relax.Expr:
+    """uint8 bit patterns of the `fmt` elements nearest to x: the magnitude's code k * 2^mantissa_bits + q
+    with k = log2(power) - min_exponent (`_float8_steps`; log of an exact power of two, rounded), x's sign
+    bit (-0.0 gives 0x80, as ml_dtypes), ml_dtypes' NaN pattern for NaN."""
+    info = format_info(fmt)
+    x = e.emit(x)
+    power, steps, _ = _float8_steps(e, x, fmt)
+    binade = R.round(R.divide(R.log(R.multiply(power, _scalar(2.0 ** -info.min_exponent, "float32"))),
+                              _scalar(math.log(2.0), "float32")))
+    code = R.add(R.multiply(R.astype(binade, "int32"), _scalar(1 << info.mantissa_bits, "int32")),
+                 R.astype(steps, "int32"))
+    code = R.where(_sign_bit(x), R.add(code, _scalar(128, "int32")), code)
+    return R.astype(R.where(R.isnan(x), _scalar(nan_code(fmt), "int32"), code), "uint8")
+
+
+def _rounded_float8(e: _Emitter, x: relax.Expr, fmt: str) -> relax.Expr:
+    """The float32 value of `_encode_float8`'s element, computed directly: q * step (exact) with x's sign
+    (zeros keep theirs), NaN for NaN."""
+    x = e.emit(x)
+    _, steps, step = _float8_steps(e, x, fmt)
+    value = e.emit(R.multiply(steps, step))
+    value = R.where(R.less(x, _scalar(0.0, "float32")), R.negative(value), value)
+    value = R.where(R.equal(x, _scalar(0.0, "float32")), x, value)
+    return R.where(R.isnan(x), x, value)
 
 
 def _nibble_fields(e: _Emitter, node: Node, shape: list[int]) -> relax.Expr:
@@ -980,7 +1006,17 @@ def emit_quantize_float(e: _Emitter, node: Node) -> relax.Expr:
 
 
 def emit_dequantize_float(e: _Emitter, node: Node) -> relax.Expr:
-    values = _table_values(element_table(node.attrs["format"]), e.operand(node, 0))
+    """Table lookup of the bit patterns; or, reading a QuantizeFloat of the same format, the rounded value
+    computed from that node's float input (the same number, `_rounded_float8`): the round trip is then
+    elementwise arithmetic that fuses with the op producing x, and the bit patterns, read by nobody else,
+    are never stored."""
+    fmt = node.attrs["format"]
+    producer = next((n for n in e.graph.nodes if node.inputs[0] in n.outputs), None)
+    if producer is not None and producer.op == "QuantizeFloat" and producer.attrs["format"] == fmt:
+        scaled = R.divide(e.operand(producer, 0), R.reshape(e.operand(producer, 1), []))
+        values = _rounded_float8(e, scaled, fmt)
+    else:
+        values = _table_values(element_table(fmt), e.operand(node, 0))
     return R.multiply(values, R.reshape(e.operand(node, 1), []))
 
 

@@ -12,11 +12,14 @@ decoded exactly; FP8 activations rounded through their bits.
 
 Tolerance, float formats against the Simulator: both compute the same float ops on bit-identical weights
 (DequantizeWeight == fake_quant), so they differ only by the order of float32 sums in convolutions and
-matmuls, a few float32 ulps of each sum: 1e-5 of the output range (measured <= 1.3e-6 on rnet and
-mobilenet_v2). With FP8 activations such a difference sometimes lands a value on the other side of an FP8
-rounding boundary and moves that activation by one FP8 code (measured on onet, 100 faces: 2 to 27 codes
-per layer, 6e-7 to 3e-4 of them, every first-layer difference exactly one code); the following layers
-carry it on, so outputs agree within 2e-3 of their range (measured: 1.2e-7 on rnet, 6.5e-4 on onet).
+matmuls, a few float32 ulps of each sum: 1e-5 of the output range (measured <= 1.3e-6 on rnet, onet and
+mobilenet_v2). With FP8 activations such a difference now and then lands a value on the other side of an
+FP8 rounding boundary and moves that activation by one FP8 code (measured on onet, 100 faces: 2 to 27
+codes per layer, 6e-7 to 3e-4 of them, every first-layer difference exactly one code), which the following
+layers carry to the outputs of that sample. So: at least 95% of the samples equal the Simulator within
+float rounding (measured: 98 of 100 on rnet and onet), and no output departs from it by more than a
+quarter of FP8's own error, max |Simulator - FP32| (one code of one activation against half a code of
+every activation; measured: 0.064 of it on rnet's box output, 0.0043 on onet's).
 """
 
 from __future__ import annotations
@@ -189,6 +192,30 @@ def test_fp8_encoding_covers_subnormals_ties_and_saturation(kernels):
         assert at.any() and np.all(values[tvm_out[quantized][at]] == even), tie
 
 
+def test_the_fp8_round_trip_the_emitter_fuses_equals_the_reference(tmp_path):
+    """DequantizeFloat reading a QuantizeFloat is emitted as the rounding itself (the bit patterns are not
+    stored): the same values as the reference's table lookup, on the whole sweep."""
+    graph = Graph(name="fp8_round_trip")
+    sweep = fp8_sweep()
+    feeds = {}
+    for fmt in ("fp8_e4m3", "fp8_e5m2"):
+        x = sweep[fmt] * np.float32(0.37)
+        feeds[f"x_{fmt}"] = x
+        graph.add_value(f"x_{fmt}", x.shape, "float32")
+        graph.inputs.append(f"x_{fmt}")
+        graph.add_constant(f"scale_{fmt}", np.asarray(0.37, np.float32))
+        graph.add_value(f"bits_{fmt}", x.shape, "uint8")
+        graph.add_value(f"values_{fmt}", x.shape, "float32")
+        graph.nodes += [Node("QuantizeFloat", f"q_{fmt}", [f"x_{fmt}", f"scale_{fmt}"], [f"bits_{fmt}"], {"format": fmt}),
+                        Node("DequantizeFloat", f"dq_{fmt}", [f"bits_{fmt}", f"scale_{fmt}"], [f"values_{fmt}"],
+                             {"format": fmt})]
+        graph.outputs.append(f"values_{fmt}")
+    verify(graph, OPS)
+    ours, reference = tvm_run(graph, feeds, tmp_path), run_graph(graph, feeds)
+    for name in graph.outputs:
+        assert same_bits(ours[name], reference[name]), name
+
+
 def test_stored_weights_are_half_a_byte_per_4bit_weight_plus_scales():
     weight = RNG.standard_normal((64, 96)).astype(np.float32)
     n = weight.size
@@ -221,6 +248,18 @@ def test_a_weight_decoded_by_the_reference_equals_fake_quant():
 # ---------------------------------------------------------------------------------------------
 # Real models: bitsmith.compile with each recipe
 # ---------------------------------------------------------------------------------------------
+FLOAT_ROUNDING = 1e-5  # module docstring
+
+
+def fp8_agreement(ours: np.ndarray, simulated: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
+    """(the share of samples within float rounding of the Simulator, max |ours - Simulator| over FP8's own
+    error max |Simulator - FP32|): the FP8 tolerance of the module docstring."""
+    span = float(np.abs(fp32).max())
+    per_sample = np.abs(ours - simulated).reshape(len(ours), -1).max(axis=1)
+    quantization_error = float(np.abs(simulated - fp32).max()) or 1.0
+    return float(np.mean(per_sample <= FLOAT_ROUNDING * span)), float(per_sample.max()) / quantization_error
+
+
 RECIPES = ["w4a8", "fp8_e4m3", "mxfp4_weights", "nvfp4_weights", "fp4_weights", "w8_weight_only"]
 DECODING_OPS = ("DequantizeWeight", "UnpackCodes")
 
@@ -284,8 +323,14 @@ def test_rnet_artifact_equals_its_reference(rnet):
                 assert ours[output].tobytes() == reference[output].tobytes(), output
                 continue
             assert reference[output].tobytes() == simulated[output].tobytes(), output
-            tolerance = 2e-3 if recipe == "fp8_e4m3" else 1e-5  # module docstring
-            assert np.abs(ours[output] - simulated[output]).max() <= tolerance * span, output  # measured <= 1.2e-6
+            if recipe != "fp8_e4m3":
+                assert np.abs(ours[output] - simulated[output]).max() <= FLOAT_ROUNDING * span, output  # measured 1.2e-6
+    if recipe == "fp8_e4m3":
+        fp32 = Simulator(compiled.graph, quantized=False)
+        for output in compiled.graph.outputs:
+            within, ratio = fp8_agreement(*(np.concatenate([run(f)[output] for f in feeds]) for run in
+                                            (compiled.artifact.run, simulator.run, fp32.run)))
+            assert within >= 0.95 and ratio <= 0.25, (output, within, ratio)  # measured: 1.0 and 0 on these 32
 
 
 def test_rnet_weights_are_stored_packed(rnet):
@@ -346,7 +391,7 @@ def test_mobilenet_nvfp4_artifact_equals_the_simulator_within_float_rounding(tmp
     compiled = compile_recipe("mobilenet_v2", "nvfp4_weights", 4, tmp_path)
     feed = zoo.inputs("mobilenet_v2", 1, 4, split="eval")[0]
     ours, simulated = compiled.artifact.run(feed)["logits"], Simulator(compiled.quantized).run(feed)["logits"]
-    assert np.abs(ours - simulated).max() <= 1e-5 * np.abs(simulated).max()  # measured 6.9e-7
+    assert np.abs(ours - simulated).max() <= FLOAT_ROUNDING * np.abs(simulated).max()  # measured 6.9e-7
     weights, code_bytes, scale_bytes = stored_weight_bytes(compiled)
     assert weights == 3_469_760 and code_bytes == weights // 2 and scale_bytes == spec_bytes(compiled)
 
