@@ -2,9 +2,9 @@
 
 `emit_relax(graph)` builds an IRModule whose Relax function "main" takes the graph inputs followed by
 the weights (params-as-inputs). Every float constant with more than `PARAM_MIN_ELEMENTS` elements
-becomes a parameter, in `EmittedModule.param_names` order, and so does every int8 / uint8 constant of
-that size (quantized weights, lookup tables); smaller ones and all other integer / bool constants are
-embedded with `relax.const`. The function returns the graph's output, or a tuple
+becomes a parameter, in `EmittedModule.param_names` order, and so does every int8 / uint8 / int16 constant
+of that size (quantized weights, packed codes, block scales, lookup tables); smaller ones and all other
+integer / bool constants are embedded with `relax.const`. The function returns the graph's output, or a tuple
 of them when the graph has several. Its "num_input" attribute counts the graph inputs, so that TVM
 passes (LiftTransformParams) can tell activations from weights.
 
@@ -30,6 +30,7 @@ from tvm.relax import op as R
 
 from bitsmith.errors import BuildError, UnsupportedError
 from bitsmith.interpreter import MASKED_CODE, SOFTMAX_OUT_BITS, SOFTMAX_RECIPROCAL_BITS
+from bitsmith.formats import SUB_BYTE_FORMATS, element_table, format_info, nan_code, scale_table, unpack_nibbles
 from bitsmith.ir import Graph, Node
 
 # Float constants with more elements than this become function parameters.
@@ -59,8 +60,9 @@ class EmittedModule:
 
 def is_parameter(array: np.ndarray) -> bool:
     """True when a constant is passed to main as a parameter rather than embedded: float tensors and
-    8-bit tensors (quantized weights, lookup tables) of more than PARAM_MIN_ELEMENTS elements."""
-    return (array.dtype.kind == "f" or array.dtype in (np.int8, np.uint8)) and array.size > PARAM_MIN_ELEMENTS
+    8-bit / int16 tensors (quantized weights: codes, packed 4-bit codes, E8M0 / E4M3 scale bytes; lookup
+    tables) of more than PARAM_MIN_ELEMENTS elements."""
+    return (array.dtype.kind == "f" or array.dtype in (np.int8, np.uint8, np.int16)) and array.size > PARAM_MIN_ELEMENTS
 
 
 def emit_relax(graph: Graph) -> EmittedModule:
@@ -738,7 +740,7 @@ def emit_qconv(e: _Emitter, node: Node) -> relax.Expr:
     rank = _spatial_rank(node, e)
     a = node.attrs
     w_zero_point = _static(e, node, 2)
-    weights = e.constant_value(node, 1)
+    weights = _constant_weight_codes(e, node, 1)
     if weights is not None and not np.any(w_zero_point != 0):
         return _qconv_raw_codes(e, node, rank, weights)
     x = _centered(e, e.operand(node, 0), int(a["x_zero_point"]))
@@ -839,7 +841,7 @@ def emit_qmatmul(e: _Emitter, node: Node) -> relax.Expr:
     b_rank = len(e.shape(node.inputs[1]))
     b_zero_point = _static(e, node, 2)
     rank = len(e.shape(node.outputs[0]))
-    weights = e.constant_value(node, 1)
+    weights = _constant_weight_codes(e, node, 1)
     if weights is not None and b_rank == 2 and not np.any(b_zero_point != 0):
         # as _qconv_raw_codes: codes times int8 weights, zero point corrected by the column sums
         acc = e.emit(R.matmul(e.operand(node, 0), e.operand(node, 1), out_dtype="int32"))
@@ -980,6 +982,183 @@ def emit_qlayer_norm(e: _Emitter, node: Node) -> relax.Expr:
 
 
 # ---------------------------------------------------------------------------------------------
+# Low-precision formats (ops.LOW_PRECISION_OPS): stored bytes -> values, exactly the reference's
+# ---------------------------------------------------------------------------------------------
+# 4-bit codes are unpacked with shift / mask. Elements and scales are decoded by tables of their exact
+# values (16 entries for FP4, 256 for FP8, E8M0 and E4M3), and FP8 is rounded with exact float32
+# arithmetic (`_float8_steps`): TVM 0.27's float8 casts on llvm are wrong below the smallest normal number
+# (0.0 -> float8_e4m3fn -> float32 gives 2^-7) and on NaN / Inf codes, and R.dequantize truncates FP8.
+# Weight decoding reads parameters only, so the backend lifts it into main_transform_params: it runs
+# once, when the weights are loaded.
+def _table_values(table: np.ndarray, index: relax.Expr) -> relax.Expr:
+    """table[index] for uint8 / int32 indices within the table."""
+    return R.take(relax.const(table), R.astype(index, "int32"), axis=0, mode="clip")
+
+
+def _float8_steps(e: _Emitter, x: relax.Expr, fmt: str) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
+    """(power, q, step) of the `fmt` element nearest |x| (float32), saturating, ties to even: the element
+    is q * step, step = power * 2^-mantissa_bits, q = rne(a / step) (float32, an integer up to
+    2^(mantissa_bits + 1)), a = min(|x|, max finite), power = 2^max(floor(log2 a), min_exponent).
+
+    power comes from Rump, Ogita and Oishi's NextPowerTwo (2008): with q = a * 2^24 (exact),
+    L = (q + a) - q is 2^ceil(log2 a), or 0 when a is a power of two itself; then halve L above a. Every
+    step is exact float32 arithmetic, so subnormals (power clamped, q below 2^mantissa_bits), normals and a
+    carry into the next binade (q = 2^(mantissa_bits + 1)) come out alike, with a handful of elementwise
+    Relax ops (Relax has no bit casts, and a TIR function would stop ConvertLayout and the fusion with the
+    op computing x)."""
+    info = format_info(fmt)
+    magnitude = e.emit(R.minimum(R.abs(x), _scalar(info.max_finite, "float32")))
+    shifted = e.emit(R.multiply(magnitude, _scalar(2.0 ** 24, "float32")))
+    # TVM's simplifier rewrites (q + a) - q to a, floats included: the select (always q, as a >= 0) hides q
+    unseen = R.where(R.greater_equal(magnitude, _scalar(0.0, "float32")), shifted, R.negative(shifted))
+    ceiling = e.emit(R.subtract(R.add(shifted, magnitude), unseen))
+    ceiling = e.emit(R.where(R.equal(ceiling, _scalar(0.0, "float32")), magnitude, ceiling))
+    power = R.where(R.greater(ceiling, magnitude), R.multiply(ceiling, _scalar(0.5, "float32")), ceiling)
+    power = e.emit(R.maximum(power, _scalar(2.0 ** info.min_exponent, "float32")))
+    step = e.emit(R.multiply(power, _scalar(2.0 ** -info.mantissa_bits, "float32")))
+    return power, e.emit(R.round(R.divide(magnitude, step))), step
+
+
+def _sign_bit(x: relax.Expr) -> relax.Expr:
+    """x's sign bit: x < 0, or x = -0.0 (1 / -0.0 = -inf)."""
+    zero = _scalar(0.0, "float32")
+    return R.logical_or(R.less(x, zero), R.logical_and(R.equal(x, zero),
+                                                       R.less(R.divide(_scalar(1.0, "float32"), x), zero)))
+
+
+def _encode_float8(e: _Emitter, x: relax.Expr, fmt: str) -> relax.Expr:
+    """uint8 bit patterns of the `fmt` elements nearest to x: the magnitude's code k * 2^mantissa_bits + q
+    with k = log2(power) - min_exponent (`_float8_steps`; log of an exact power of two, rounded), x's sign
+    bit (-0.0 gives 0x80, as ml_dtypes), ml_dtypes' NaN pattern for NaN."""
+    info = format_info(fmt)
+    x = e.emit(x)
+    power, steps, _ = _float8_steps(e, x, fmt)
+    binade = R.round(R.divide(R.log(R.multiply(power, _scalar(2.0 ** -info.min_exponent, "float32"))),
+                              _scalar(math.log(2.0), "float32")))
+    code = R.add(R.multiply(R.astype(binade, "int32"), _scalar(1 << info.mantissa_bits, "int32")),
+                 R.astype(steps, "int32"))
+    code = R.where(_sign_bit(x), R.add(code, _scalar(128, "int32")), code)
+    return R.astype(R.where(R.isnan(x), _scalar(nan_code(fmt), "int32"), code), "uint8")
+
+
+def _rounded_float8(e: _Emitter, x: relax.Expr, fmt: str) -> relax.Expr:
+    """The float32 value of `_encode_float8`'s element, computed directly: q * step (exact) with x's sign
+    (zeros keep theirs), NaN for NaN."""
+    x = e.emit(x)
+    _, steps, step = _float8_steps(e, x, fmt)
+    value = e.emit(R.multiply(steps, step))
+    value = R.where(R.less(x, _scalar(0.0, "float32")), R.negative(value), value)
+    value = R.where(R.equal(x, _scalar(0.0, "float32")), x, value)
+    return R.where(R.isnan(x), x, value)
+
+
+def _nibble_fields(e: _Emitter, node: Node, shape: list[int]) -> relax.Expr:
+    """The node's packed operand (uint8, ceil(n / 2) bytes) -> the 4-bit fields of `shape` (uint8 0..15),
+    low nibble first."""
+    count = int(np.prod(shape))
+    packed = e.operand(node, 0)
+    size = int(np.prod(e.shape(node.inputs[0])))
+    if len(e.shape(node.inputs[0])) != 1:
+        packed = R.reshape(packed, [size])
+    low = e.emit(R.bitwise_and(packed, _scalar(15, "uint8")))
+    high = e.emit(R.right_shift(packed, _scalar(4, "uint8")))
+    pairs = R.concat([R.expand_dims(low, [1]), R.expand_dims(high, [1])], axis=1)  # R.stack fails ConvertLayout
+    flat = e.emit(R.reshape(e.emit(pairs), [2 * size]))
+    if 2 * size != count:
+        flat = e.emit(R.strided_slice(flat, axes=[0], begin=[0], end=[count]))
+    return R.reshape(flat, shape)
+
+
+def _signed_fields(fields: relax.Expr, fmt: str) -> relax.Expr:
+    """Integer codes as int32: int4 fields n -> (n ^ 8) - 8, other codes unchanged."""
+    ints = R.astype(fields, "int32")
+    if fmt == "int4":
+        ints = R.subtract(R.bitwise_xor(ints, _scalar(8, "int32")), _scalar(8, "int32"))
+    return ints
+
+
+def _expanded(e: _Emitter, param: relax.Expr, shape: list[int], attrs: dict) -> relax.Expr:
+    """A tensor / channel / block parameter broadcast against `shape` (block entries repeated over the block)."""
+    axis = int(attrs["axis"])
+    param = e.emit(param)
+    if attrs["granularity"] == "tensor":
+        return R.reshape(param, [])
+    if attrs["granularity"] == "channel":
+        return R.reshape(param, [-1 if d == axis else 1 for d in range(len(shape))])
+    block = int(attrs["block_size"])
+    repeated = e.emit(R.repeat(param, block, axis=axis))
+    blocks = -(-shape[axis] // block)
+    if blocks * block != shape[axis]:
+        repeated = R.strided_slice(repeated, axes=[axis], begin=[0], end=[shape[axis]])
+    return repeated
+
+
+def _decoded_scale(e: _Emitter, node: Node, scale_format: str) -> relax.Expr:
+    """float32 scales: as given, or E8M0 / E4M3 bytes decoded by table."""
+    scale = e.operand(node, 1)
+    return scale if scale_format == "fp32" else _table_values(scale_table(scale_format), scale)
+
+
+def emit_dequantize_weight(e: _Emitter, node: Node) -> relax.Expr:
+    a = node.attrs
+    fmt, shape = a["format"], [int(d) for d in a["shape"]]
+    info = format_info(fmt)
+    codes = e.operand(node, 0)
+    if fmt in SUB_BYTE_FORMATS:
+        fields = _nibble_fields(e, node, shape)
+    else:
+        fields = R.reshape(codes, shape) if list(e.shape(node.inputs[0])) != shape else codes
+    if not info.is_float:
+        centered = R.subtract(_signed_fields(fields, fmt), _expanded(e, R.astype(e.operand(node, 2), "int32"), shape, a))
+        values = R.astype(centered, "float32")
+    else:
+        values = _table_values(element_table(fmt), fields)
+    scale = _decoded_scale(e, node, info.scale_format)
+    if fmt == "nvfp4":  # the block scale times the tensor scale, rounded once to float32, as formats.effective_scale
+        scale = R.multiply(scale, R.reshape(e.operand(node, 2), []))
+    return R.multiply(values, _expanded(e, scale, shape, a))
+
+
+def emit_unpack_codes(e: _Emitter, node: Node) -> relax.Expr:
+    a = node.attrs
+    shape = [int(d) for d in a["shape"]]
+    fields = _nibble_fields(e, node, shape)
+    return R.astype(_signed_fields(fields, a["format"]), "int8") if a["format"] == "int4" else fields
+
+
+def emit_quantize_float(e: _Emitter, node: Node) -> relax.Expr:
+    return _encode_float8(e, R.divide(e.operand(node, 0), R.reshape(e.operand(node, 1), [])), node.attrs["format"])
+
+
+def emit_dequantize_float(e: _Emitter, node: Node) -> relax.Expr:
+    """Table lookup of the bit patterns; or, reading a QuantizeFloat of the same format, the rounded value
+    computed from that node's float input (the same number, `_rounded_float8`): the round trip is then
+    elementwise arithmetic that fuses with the op producing x, and the bit patterns, read by nobody else,
+    are never stored."""
+    fmt = node.attrs["format"]
+    producer = next((n for n in e.graph.nodes if node.inputs[0] in n.outputs), None)
+    if producer is not None and producer.op == "QuantizeFloat" and producer.attrs["format"] == fmt:
+        scaled = R.divide(e.operand(producer, 0), R.reshape(e.operand(producer, 1), []))
+        values = _rounded_float8(e, scaled, fmt)
+    else:
+        values = _table_values(element_table(fmt), e.operand(node, 0))
+    return R.multiply(values, R.reshape(e.operand(node, 1), []))
+
+
+def _constant_weight_codes(e: _Emitter, node: Node, index: int) -> np.ndarray | None:
+    """Operand `index` as a numpy array when it is a constant, or UnpackCodes of a constant (unpacked here)."""
+    array = e.constant_value(node, index)
+    if array is not None:
+        return array
+    name = node.inputs[index]
+    producer = next((n for n in e.graph.nodes if name in n.outputs), None)
+    if producer is None or producer.op != "UnpackCodes" or producer.inputs[0] not in e.graph.constants:
+        return None
+    return unpack_nibbles(e.graph.constants[producer.inputs[0]], tuple(producer.attrs["shape"]),
+                          producer.attrs["format"])
+
+
+# ---------------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------------
 EMITTERS: dict[str, Emitter] = {
@@ -1016,5 +1195,8 @@ EMITTERS: dict[str, Emitter] = {
     "QuantizeLinear": emit_quantize_linear, "DequantizeLinear": emit_dequantize_linear,
     "QConv": emit_qconv, "QConvTranspose": emit_qconv_transpose, "QMatMul": emit_qmatmul, "QAdd": emit_qadd, "QMul": emit_qmul, "QLookup": emit_qlookup,
     "QGlobalAveragePool": emit_qglobal_average_pool, "QAveragePool": emit_qaverage_pool, "QSoftmax": emit_qsoftmax,
+    # low-precision formats
+    "DequantizeWeight": emit_dequantize_weight, "UnpackCodes": emit_unpack_codes,
+    "QuantizeFloat": emit_quantize_float, "DequantizeFloat": emit_dequantize_float,
 }
 EMITTERS["QLayerNorm"] = emit_qlayer_norm

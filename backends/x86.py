@@ -39,6 +39,7 @@ from bitsmith.targets import Target, load
 
 from . import x86_intrinsics
 from .cpu_schedule import CPUShape, ScheduleCPU
+from .layout_free import mark_param_derived_layout_free
 from .relax_emit import EmittedModule
 from .requantize import requantize_in_int32
 
@@ -170,6 +171,7 @@ def scheduling_passes(cpu: CPUShape) -> list[tvm.transform.Pass]:
         relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.AttachAttrLayoutFreeBuffers(),  # weights may be re-laid out by the schedules
+        mark_param_derived_layout_free,  # and so may weights decoded from low-precision bytes
         ScheduleCPU(cpu),
         relax.transform.SplitLayoutRewritePreproc(),
         relax.transform.LiftTransformParams(),

@@ -223,7 +223,7 @@ def measure(subject: _Subject, data: Sequence[Feed], calibration: Sequence[Feed]
 def _recipe_summary(formats: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not formats:
         return None
-    keys = ("weights", "activations", "weight_granularity", "algorithms", "emulated")
+    keys = ("weights", "activations", "weight_granularity", "algorithms", "emulated", "execution")
     return {key: formats.get(key) for key in keys}
 
 
@@ -549,7 +549,8 @@ def plan_sensitivity(row: Mapping[str, Any]) -> dict[str, Any]:
 def _float_ops(graph_json: Mapping[str, Any]) -> dict[str, int]:
     """Ops of a quantized artifact that compute in float (dequantized borders around them)."""
     integer_or_layout = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Flatten", "Squeeze",
-                         "Unsqueeze", "Concat", "Slice", "Gather", "MaxPool", "Identity", "Split", "Expand"}
+                         "Unsqueeze", "Concat", "Slice", "Gather", "MaxPool", "Identity", "Split", "Expand",
+                         "QuantizeFloat", "DequantizeFloat", "DequantizeWeight", "UnpackCodes"}
     counts: dict[str, int] = {}
     for node in graph_json.get("nodes", []):
         if not node["op"].startswith("Q") and node["op"] not in integer_or_layout:

@@ -476,6 +476,86 @@ def unpack_nibbles(packed: np.ndarray, shape: int | tuple[int, ...], fmt: str = 
 
 
 # ---------------------------------------------------------------------------------------------
+# Stored weights: the bytes an artifact keeps (the operands of the IR op DequantizeWeight)
+# ---------------------------------------------------------------------------------------------
+SUB_BYTE_FORMATS = ("int4", "uint4", "fp4_e2m1", "mxfp4", "nvfp4")
+SCALE_DTYPES = {"e8m0": ml_dtypes.float8_e8m0fnu, "e4m3": ml_dtypes.float8_e4m3fn}
+
+
+@dataclass(frozen=True)
+class StoredWeight:
+    """A quantized weight as an artifact stores it.
+
+    codes: uint8 [ceil(n / 2)], two codes per byte (`pack_nibbles`), for 4-bit formats; otherwise the
+        codes in the weight's shape: int8 / uint8 / int16 integers, the bit patterns of FP8 elements as uint8.
+    scale: FP32 scales as float32; E8M0 (MX) and E4M3 (NVFP4) block scales as their uint8 bit patterns
+        (`stored_scale`), in the layout of `QuantSpec.scale`.
+    zero_point: int32, shaped like scale, for integer formats; None for float formats.
+    tensor_scale: NVFP4's FP32 tensor scale as a float32 scalar array; None otherwise.
+    """
+
+    codes: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None = None
+    tensor_scale: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in (self.codes, self.scale, self.zero_point, self.tensor_scale) if a is not None)
+
+
+def stored_codes(codes: np.ndarray, fmt: str) -> np.ndarray:
+    """The bytes of `quantize`'s codes: 4-bit formats packed two per byte, FP8 bit patterns as uint8,
+    integer codes unchanged."""
+    info = format_info(fmt)
+    if fmt in SUB_BYTE_FORMATS:
+        return pack_nibbles(codes)
+    if info.is_float:
+        return np.ascontiguousarray(np.asarray(codes, info.code_dtype)).view(np.uint8)
+    return np.asarray(codes, info.code_dtype)
+
+
+def stored_scale(spec: QuantSpec) -> np.ndarray:
+    """The scales as stored: float32 (FP32 scales), or the uint8 bit patterns of E8M0 / E4M3 scales
+    (exact: `choose_spec` keeps block scales as the float32 values those formats encode)."""
+    if spec.scale_format == "fp32":
+        return np.asarray(spec.scale, np.float32)
+    encoded = np.asarray(spec.scale, np.float32).astype(SCALE_DTYPES[spec.scale_format])
+    if not np.array_equal(encoded.astype(np.float32), np.asarray(spec.scale, np.float32), equal_nan=True):
+        raise UsageError(f"stored_scale: {spec.format} scales are not all {spec.scale_format} values")
+    return encoded.view(np.uint8)
+
+
+def store_weight(weight: np.ndarray, spec: QuantSpec) -> StoredWeight:
+    """`weight` quantized with `spec`, as the bytes an artifact stores (see StoredWeight)."""
+    if spec.dynamic:
+        raise UsageError("store_weight: a weight cannot have a dynamic spec")
+    info = format_info(spec.format)
+    codes = stored_codes(quantize(weight, spec), spec.format)
+    zero_point = None if info.is_float else np.asarray(spec.zero_point, np.int32)
+    tensor_scale = None if spec.tensor_scale is None else np.asarray(spec.tensor_scale, np.float32)
+    return StoredWeight(codes, stored_scale(spec), zero_point, tensor_scale)
+
+
+def element_table(fmt: str) -> np.ndarray:
+    """float32 value of every bit pattern of a float format's element (16 for FP4, 256 for FP8)."""
+    info = format_info(fmt)
+    if not info.is_float:
+        raise UsageError(f"element_table: {fmt} is not a float format")
+    return np.arange(1 << info.bits, dtype=np.uint8).view(info.code_dtype).astype(np.float32)
+
+
+def nan_code(fmt: str) -> int:
+    """The bit pattern a NaN quantizes to in an FP8 format (ml_dtypes': 0x7F for E4M3, 0x7E for E5M2)."""
+    return int(np.asarray(np.nan, np.float32).astype(format_info(fmt).code_dtype).view(np.uint8))
+
+
+def scale_table(scale_format: str) -> np.ndarray:
+    """float32 value of every byte of a stored E8M0 / E4M3 scale (E8M0: 2**(byte - 127), 255 is NaN)."""
+    return np.arange(256, dtype=np.uint8).view(SCALE_DTYPES[scale_format]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
 # torch twin (fake quantization with a straight-through estimator)
 # ---------------------------------------------------------------------------------------------
 def _expand_torch(param: np.ndarray, shape: tuple[int, ...], spec: QuantSpec, device: torch.device) -> torch.Tensor:

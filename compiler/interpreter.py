@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError, UnsupportedError
+from .formats import SUB_BYTE_FORMATS, element_table, format_info, nan_code, round_to_element_torch, scale_table
 from .ir import Graph, Node
 
 Tensor = torch.Tensor
@@ -623,6 +624,73 @@ def _qlayer_norm(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
     affine = normalized * multiplier.to(torch.int64) + bias.to(torch.int64)
     out = requantize(affine, 1, attrs["shift"], attrs["out_zero_point"], attrs["out_min"], attrs["out_max"])
     return [out.to(TORCH_DTYPES[attrs["out_dtype"]])]
+
+
+# -- low-precision formats (ops.LOW_PRECISION_OPS): stored bytes <-> values ----------------------------
+# Float elements and E8M0 / E4M3 scales are decoded by tables of ml_dtypes' values (formats.element_table,
+# formats.scale_table); the TVM emitters cast instead, so the two are independent and tested on all codes.
+_TORCH_FLOAT8 = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def _nibble_fields(packed: Tensor, shape: Sequence[int]) -> Tensor:
+    """The 4-bit fields (0..15, int64) of codes of `shape` stored two per byte, low nibble first."""
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = packed.reshape(-1).to(torch.int64)
+    return torch.stack([flat & 15, flat >> 4], dim=-1).reshape(-1)[:count].reshape(tuple(shape))
+
+
+def _integer_fields(fields: Tensor, fmt: str) -> Tensor:
+    """int4 fields as signed codes ((n ^ 8) - 8), any other integer codes unchanged (int64)."""
+    return torch.bitwise_xor(fields, 8) - 8 if fmt == "int4" else fields.to(torch.int64)
+
+
+def _expand_scale(scale: Tensor, shape: tuple[int, ...], attrs: dict[str, Any]) -> Tensor:
+    """A tensor / channel / block scale broadcast to `shape` (block scales repeated over their block)."""
+    axis = int(attrs["axis"])
+    if attrs["granularity"] == "tensor":
+        return scale.reshape(())
+    if attrs["granularity"] == "channel":
+        return _along(scale, len(shape), axis)
+    return scale.repeat_interleave(int(attrs["block_size"]), dim=axis).narrow(axis, 0, shape[axis])
+
+
+@kernel("DequantizeWeight")
+def _dequantize_weight(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    codes, scale, *extra = xs
+    fmt, shape = attrs["format"], tuple(attrs["shape"])
+    info = format_info(fmt)
+    fields = _nibble_fields(codes, shape) if fmt in SUB_BYTE_FORMATS else codes.reshape(shape)
+    if info.is_float:
+        values = torch.from_numpy(element_table(fmt))[fields.to(torch.int64)]
+    else:
+        zero_point = _expand_scale(extra[0].to(torch.int32), shape, attrs)
+        values = (_integer_fields(fields, fmt).to(torch.int32) - zero_point).to(torch.float32)
+    if info.scale_format != "fp32":
+        scale = torch.from_numpy(scale_table(info.scale_format))[scale.to(torch.int64)]
+    if fmt == "nvfp4":
+        scale = scale * extra[0].to(torch.float32)
+    return [values * _expand_scale(scale.to(torch.float32), shape, attrs)]
+
+
+@kernel("UnpackCodes")
+def _unpack_codes(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    fields = _nibble_fields(xs[0], attrs["shape"])
+    return [_integer_fields(fields, attrs["format"]).to(torch.int8 if attrs["format"] == "int4" else torch.uint8)]
+
+
+@kernel("QuantizeFloat")
+def _quantize_float(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    x, scale = xs[0].to(torch.float32), xs[1].to(torch.float32).reshape(())
+    rounded = round_to_element_torch(x / scale, attrs["format"])  # exactly an element value (or NaN)
+    bits = rounded.to(_TORCH_FLOAT8[attrs["format"]]).view(torch.uint8)
+    return [torch.where(torch.isnan(rounded), torch.tensor(nan_code(attrs["format"]), dtype=torch.uint8), bits)]
+
+
+@kernel("DequantizeFloat")
+def _dequantize_float(xs: list[Tensor], attrs: dict[str, Any]) -> list[Tensor]:
+    q, scale = xs
+    values = torch.from_numpy(element_table(attrs["format"]))[q.to(torch.int64)]
+    return [values * scale.to(torch.float32).reshape(())]
 
 
 # -- running graphs -----------------------------------------------------------------------------

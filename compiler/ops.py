@@ -148,4 +148,33 @@ QUANTIZED_OPS.update({
     "QLayerNorm": ("axis", "x_zero_point", "epsilon", "sqrt_shift", "inv_shift", "norm_shift", "shift",
                    "out_zero_point", "out_min", "out_max", "out_dtype"),
 })
+
+# ---------------------------------------------------------------------------------------------
+# Low-precision formats (docs/design/integer_lowering.md, "Low-precision formats")
+# ---------------------------------------------------------------------------------------------
+# Weights are stored as bytes (formats.store_weight): 4-bit formats (int4, uint4, fp4_e2m1, mxfp4,
+# nvfp4) two codes per uint8, flattened in C order, the first code in the low nibble; 8-bit formats one
+# code per element in the weight's shape (int8 / uint8 integers, FP8 bit patterns as uint8). FP8
+# activations are rounded through casts and carried as their uint8 bit patterns between float ops.
+LOW_PRECISION_OPS: dict[str, tuple[str, ...]] = {
+    # inputs: codes (as above), scale, then zero_point int32 shaped like scale (integer formats) or
+    # tensor_scale float32 scalar (nvfp4). scale: float32 scalar ("tensor"), [C] along `axis` ("channel"),
+    # or per block ("block": the weight's shape with ceil(shape[axis] / block_size) at `axis`) as float32,
+    # or as uint8 bytes for mxfp4 / mxfp8 (E8M0: 2^(byte - 127), 255 = NaN) and nvfp4 (E4M3 bit patterns).
+    # out[i] = element(code[i]) * s[i], float32 of `shape`: element = float32(code - zero_point) for
+    # integers, the element's exact value for floats; s = the scale of i's channel / block, for nvfp4
+    # float32(block scale * tensor_scale) first. Equals formats.dequantize(quantize(w, spec), spec) bit for
+    # bit. `axis` and `block_size` are 0 where the granularity has none.
+    "DequantizeWeight": ("format", "shape", "granularity", "axis", "block_size"),
+    # input: uint8 [ceil(n / 2)] two int4 / uint4 codes per byte; output the codes of `shape` as int8
+    # (int4: low nibble n -> (n ^ 8) - 8) or uint8 (uint4), the weight operand of QConv / QMatMul.
+    "UnpackCodes": ("format", "shape"),
+    # inputs: x float32, scale float32 scalar. Output uint8: the bit pattern of the `format` (fp8_e4m3,
+    # fp8_e5m2) element nearest to x / scale (float32 division; clamped to +-max finite first, since a
+    # cast of a larger value gives NaN; ties to even). NaN stays NaN.
+    "QuantizeFloat": ("format",),
+    # inputs: q uint8 bit patterns, scale float32 scalar; float32(element(q)) * scale.
+    "DequantizeFloat": ("format",),
+}
+QUANTIZED_OPS.update(LOW_PRECISION_OPS)
 OPS.update(QUANTIZED_OPS)

@@ -201,7 +201,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
             extra = {GRAPH: json.dumps(graph_to_json(compiled), indent=1, sort_keys=True)}
             if active is not None:
                 manifest["precision"] = active.name
-                manifest["formats"] = _formats(active, compiled)
+                manifest["formats"] = _formats(active, compiled, target)
             if constraints is not None:
                 manifest["constraints"] = constraints.to_json()
             if plan is not None:
@@ -286,13 +286,18 @@ def _calibration_feeds(recipe: QuantRecipe | None, calibration: Iterable[Mapping
     return feeds
 
 
-def _formats(recipe: QuantRecipe, lowered: Graph) -> dict[str, Any]:
+def _formats(recipe: QuantRecipe, lowered: Graph, target: targets.Target) -> dict[str, Any]:
     """The manifest's "formats": the recipe, how each weighted layer was lowered and with which formats,
-    and the formats computed by emulation (fake-quantized float) rather than native integer kernels."""
+    how each format is stored and computed ("execution", from the lowering), and the formats the target
+    has no native kernel for ("emulated": the target file does not list them as native, or the lowering
+    computes them in float from decoded weights or FP8 bit patterns)."""
     report = lowered.metadata.get("integer_lowering", {})
+    execution = report.get("execution", {})
+    native = set(target.formats.get("native", ()))
+    emulated = set(report.get("emulated", [])) | {fmt for fmt in execution if fmt not in native}
     return {"weights": recipe.weights, "activations": recipe.activations,
             "weight_granularity": recipe.weight_granularity, "algorithms": list(recipe.algorithms),
-            "layers": report.get("layers", []), "emulated": report.get("emulated", []),
+            "layers": report.get("layers", []), "emulated": sorted(emulated), "execution": execution,
             "ops": lowered.op_counts()}
 
 

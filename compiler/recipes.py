@@ -1,7 +1,8 @@
 """Quantization recipes: which format each kind of tensor gets and which PTQ algorithms run.
 
 A recipe is data. The presets name the configurations bitsmith reports on (w8a8, w8_weight_only,
-w4a8, fp8_e4m3, mxfp4_weights); a user may build any other combination.
+w4a8, fp8_e4m3, and the weight-only 4-bit floats mxfp4_weights, nvfp4_weights, fp4_weights: FP4 E2M1
+per output channel); a user may build any other combination.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ PRESETS: dict[str, QuantRecipe] = {
                             activation_observer="minmax", weight_clipping="max"),
     "mxfp4_weights": QuantRecipe("mxfp4_weights", weights="mxfp4", weight_granularity="block",
                                  weight_block_size=32, weight_clipping="max", activations=None),
+    "nvfp4_weights": QuantRecipe("nvfp4_weights", weights="nvfp4", weight_granularity="block",
+                                 weight_block_size=16, weight_clipping="max", activations=None),
+    "fp4_weights": QuantRecipe("fp4_weights", weights="fp4_e2m1", weight_clipping="mse", activations=None),
 }
 
 

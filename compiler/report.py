@@ -184,7 +184,9 @@ def _recipe_text(recipe: dict[str, Any]) -> str:
     if recipe.get("algorithms"):
         parts.append("algorithms " + ", ".join(recipe["algorithms"]))
     if recipe.get("emulated"):
-        parts.append("emulated " + ", ".join(recipe["emulated"]))
+        execution = recipe.get("execution") or {}
+        parts.append("emulated (no native kernel on the target) " + ", ".join(
+            fmt + (f": {'; '.join(execution[fmt])}" if execution.get(fmt) else "") for fmt in recipe["emulated"]))
     return "; ".join(parts)
 
 

@@ -63,12 +63,24 @@ def _dequantize_codes(codes: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return (codes.to(torch.int32) - zero_point).to(torch.float32) * scale
 
 
+def _check_integer_activations(graph: Graph) -> None:
+    """The integer-exact mode replaces 8-bit integer activations by the reference's codes; activations in
+    other formats (FP8 is lowered, but computed in float) have no integer values to take."""
+    formats = sorted({v.quant.format for name, v in graph.values.items()
+                      if v.quant is not None and name not in graph.constants and v.quant.format not in ("int8", "uint8")})
+    if formats:
+        raise UnsupportedError(f"Simulator(integer_exact=True) simulates 8-bit integer activations; graph {graph.name!r} "
+                               f"quantizes activations as {', '.join(formats)}. Use the default fake-quant mode "
+                               f"(integer_exact=False) for formats without integer kernels.")
+
+
 class _IntegerReference:
     """The lowered integer graph of a quantized graph, and its values under the source graph's names."""
 
     def __init__(self, graph: Graph) -> None:
         from .passes.lower_integer import lower_integer_traced  # passes import this module
 
+        _check_integer_activations(graph)
         try:
             self.lowered, self.where = lower_integer_traced(graph)
         except UnsupportedError as exc:

@@ -32,14 +32,22 @@ interpreter computes on the lowered graph. Rules:
 - Scale-preserving ops (quant_points.SCALE_PRESERVING, nearest Resize) whose input and output specs
   agree run unchanged on codes (MaxPool pads with the lowest code).
 - Anything else runs in float: its quantized inputs are DequantizeLinear-ed, its quantized outputs
-  QuantizeLinear-ed, weights that could not be lowered are fake-quantized constants ("emulated").
+  QuantizeLinear-ed.
+- Low-precision formats (ops.LOW_PRECISION_OPS): a weight read by QConv / QMatMul in int4 / uint4 is
+  stored two codes per byte and unpacked by UnpackCodes; a quantized weight read by a float op is stored
+  as its bytes (formats.store_weight: packed 4-bit codes, FP8 bit patterns, int8 codes, E8M0 / E4M3 /
+  FP32 scales) and decoded by DequantizeWeight. Both read constants only, so the backend runs them once,
+  at load. FP8 activations (per tensor) are rounded to their bit patterns by QuantizeFloat after the float
+  op that computes them and read by float ops through DequantizeFloat.
 
 Naming: a quantized value `v` of the source graph has its codes under `v_q`; the name `v` itself
 always means the float value (for a quantized value: its dequantized codes), so graph inputs and
-outputs keep their names and float types. Only 8-bit integer activation specs (per tensor, static) and
-the int16 wide ones are lowered; other activation formats raise UnsupportedError. The lowered graph's
-metadata["integer_lowering"] lists every weighted layer (how it was lowered, its formats) and the
-formats that are emulated in float.
+outputs keep their names and float types. Activation specs must be per tensor and static, in int8 /
+uint8 (integer ops), the int16 wide ones (quant_points.wide_points) or FP8 (float ops); others raise
+UnsupportedError. The lowered graph's metadata["integer_lowering"] lists every weighted layer (how it was
+lowered, its formats), how each format is stored and computed ("execution"), and the formats computed in
+float in place of a quantized kernel ("emulated": FP8 activations, and weights of float ops whose inputs
+are quantized).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ import numpy as np
 import torch
 
 from ..errors import IRError, UnsupportedError
-from ..formats import dequantize, fake_quant, format_info, quantize
+from ..formats import SUB_BYTE_FORMATS, dequantize, fake_quant, format_info, quantize, store_weight
 from ..interpreter import INT32_MAX, SOFTMAX_OUT_BITS, run_node
 from ..ir import Graph, Node, QuantSpec, Value
 from .base import Pass
@@ -68,6 +76,8 @@ log = logging.getLogger("bitsmith.passes.lower_integer")
 SOFTMAX_EXP_BITS = 30  # QSoftmax's exp table: rne(2^30 * exp(-d * scale))
 INTEGER_WEIGHT_FORMATS = ("int8", "uint8", "int4", "uint4")
 NATIVE_FORMATS = ("int8", "uint8")  # formats with native integer kernels; int4/uint4 codes sit in int8 containers
+FLOAT_ACTIVATION_FORMATS = ("fp8_e4m3", "fp8_e5m2")  # rounded through their bits, computed in float
+WEIGHT_ONLY = "float, weights decoded"  # a layer report's "lowered": float activations on decoded weights (no fallback)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +213,12 @@ def _has_codes(spec: QuantSpec | None) -> bool:
     return _is_integer_spec(spec) or _is_wide_spec(spec)
 
 
+def _is_float_activation_spec(spec: QuantSpec | None) -> bool:
+    """An FP8 activation spec per tensor: rounded by QuantizeFloat, read by float ops through DequantizeFloat."""
+    return (spec is not None and spec.format in FLOAT_ACTIVATION_FORMATS and spec.granularity == "tensor"
+            and not spec.dynamic and spec.tensor_scale is None)
+
+
 def _present(spec: QuantSpec | None) -> QuantSpec:
     """The spec of a value the caller knows to be quantized (it checked `_is_integer_spec` or `quantized`)."""
     if spec is None:
@@ -244,6 +260,10 @@ class _Lowering:
         self.node_names: set[str] = set()
         self.layers: list[dict[str, Any]] = []
         self.emulated: set[str] = set()
+        self.execution: dict[str, list[str]] = {}  # weight / FP8 activation format -> how it is stored and computed
+        self.decoded: dict[str, str] = {}    # weight -> its DequantizeWeight output
+        self.unpacked: dict[str, str] = {}   # 4-bit weight -> its UnpackCodes output
+        self.float_codes: dict[str, str] = {}  # FP8 activation -> its QuantizeFloat output (bit patterns)
 
     # -- names and values ---------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -297,6 +317,8 @@ class _Lowering:
 
     def float_of(self, name: str) -> str:
         """The dst value a float op reads for source value `name`: a quantized value's dequantized codes."""
+        if self.float_coded(name):
+            return self._float_view(name)
         if not self.quantized(name):
             return self.raw_of(name)
         if name not in self.views:
@@ -314,9 +336,8 @@ class _Lowering:
         if name in self.src.constants:
             array = self.src.constants[name]
             spec = self.spec(name)
-            if spec is not None and array.dtype.kind == "f":  # a weight no integer kernel takes: emulated
-                self.emulated.add(spec.format)
-                self.raw[name] = self.constant(f"{name}_fq", fake_quant(array, spec))
+            if spec is not None and array.dtype.kind == "f":  # a weight read by a float op: decoded at load
+                self.raw[name] = self.decoded_weight(name)
             else:
                 self.raw[name] = self.constant(name, array, keep_name=True)
             return self.raw[name]
@@ -339,6 +360,75 @@ class _Lowering:
             [(self.fresh(f"{name}_q"), self.src.values[name].shape, _code_dtype(spec))],
             {"axis": 0, "dtype": _code_dtype(spec), "qmin": qmin, "qmax": qmax}, f"{name}/quantize")
 
+    # -- low-precision formats (docs/design/integer_lowering.md, "Low-precision formats") --------
+    def float_coded(self, name: str) -> bool:
+        return name not in self.src.constants and _is_float_activation_spec(self.spec(name))
+
+    def note(self, fmt: str, how: str) -> None:
+        if how not in self.execution.setdefault(fmt, []):
+            self.execution[fmt].append(how)
+
+    def decoded_weight(self, name: str) -> str:
+        """A quantized weight read by a float op: its stored bytes (formats.store_weight) as constants and
+        a DequantizeWeight node, which the backend runs once when the weights are loaded."""
+        if name in self.decoded:
+            return self.decoded[name]
+        array, spec = self.src.constants[name], _present(self.spec(name))
+        stored = store_weight(array, spec)
+        inputs = [self.constant(f"{name}_codes", stored.codes), self.constant(f"{name}_scale", stored.scale)]
+        if stored.zero_point is not None:
+            inputs.append(self.constant(f"{name}_zero_point", stored.zero_point))
+        if stored.tensor_scale is not None:
+            inputs.append(self.constant(f"{name}_tensor_scale", stored.tensor_scale))
+        attrs = {"format": spec.format, "shape": list(array.shape), "granularity": spec.granularity,
+                 "axis": int(spec.axis or 0) % max(array.ndim, 1), "block_size": int(spec.block_size or 0)}
+        (self.decoded[name],) = self.emit("DequantizeWeight", inputs,
+                                          [(self.fresh(f"{name}_dq"), array.shape, "float32")], attrs,
+                                          f"{name}/decode")
+        packing = "two per byte" if spec.format in SUB_BYTE_FORMATS else "one per byte"
+        self.note(spec.format, f"weights stored {packing}, decoded to float32 at load; float kernels")
+        return self.decoded[name]
+
+    def weight_codes(self, name: str, codes: np.ndarray) -> str:
+        """The integer codes of a weight read by QConv / QMatMul: int8 / uint8 constants, or 4-bit codes
+        stored two per byte and unpacked by UnpackCodes (once, at load) into int8 / uint8 containers."""
+        fmt = _present(self.spec(name)).format
+        if fmt not in SUB_BYTE_FORMATS:
+            self.note(fmt, "integer kernels")
+            return self.constant(f"{name}_q", codes)
+        if name not in self.unpacked:
+            packed = self.constant(f"{name}_packed", store_weight(self.src.constants[name], _present(self.spec(name))).codes)
+            (self.unpacked[name],) = self.emit("UnpackCodes", [packed],
+                                               [(self.fresh(f"{name}_q"), codes.shape, codes.dtype.name)],
+                                               {"format": fmt, "shape": list(codes.shape)}, f"{name}/unpack")
+            self.note(fmt, "weights stored two per byte, unpacked to 8-bit codes at load; integer kernels")
+        return self.unpacked[name]
+
+    def _float_view(self, name: str) -> str:
+        """An FP8 activation as float ops read it: DequantizeFloat of its bit patterns."""
+        if name not in self.views:
+            if name not in self.float_codes:
+                self._quantize_float(name, self.raw_of(name))
+            spec = _present(self.spec(name))
+            out_name = name if name not in self.dst.values else self.fresh(f"{name}_dq")
+            (self.views[name],) = self.emit(
+                "DequantizeFloat", [self.float_codes[name], self._float_scale(name, spec)],
+                [(out_name, self.src.values[name].shape, "float32")], {"format": spec.format}, f"{name}/dequantize")
+        return self.views[name]
+
+    def _quantize_float(self, name: str, source: str) -> None:
+        spec = _present(self.spec(name))
+        (self.float_codes[name],) = self.emit(
+            "QuantizeFloat", [source, self._float_scale(name, spec)],
+            [(self.fresh(f"{name}_q"), self.src.values[name].shape, "uint8")], {"format": spec.format},
+            f"{name}/quantize")
+        self.note(spec.format, "activations rounded to their bit patterns (QuantizeFloat), read back "
+                  "as float32 (DequantizeFloat); float kernels")
+        self.emulated.add(spec.format)
+
+    def _float_scale(self, name: str, spec: QuantSpec) -> str:
+        return self.constant(f"{name}_scale", np.asarray(spec.scale, np.float32).reshape(()))
+
     # -- driver ---------------------------------------------------------------------------------
     def run(self) -> Graph:
         for name in self.src.inputs:
@@ -354,7 +444,8 @@ class _Lowering:
         for name in self.src.outputs:
             self.dst.outputs.append(self._output(name))
         self.dst.remove_unused()
-        self.dst.metadata["integer_lowering"] = {"layers": self.layers, "emulated": sorted(self.emulated)}
+        self.dst.metadata["integer_lowering"] = {"layers": self.layers, "emulated": sorted(self.emulated),
+                                                 "execution": dict(sorted(self.execution.items()))}
         return self.dst
 
     def lowered_values(self) -> LoweredValues:
@@ -378,12 +469,13 @@ class _Lowering:
         for name, value in self.src.values.items():
             if value.quant is None or name in self.src.constants:
                 continue
-            if not _has_codes(value.quant):
+            if not _has_codes(value.quant) and not _is_float_activation_spec(value.quant):
                 spec = value.quant
                 raise UnsupportedError(
                     f"value {name!r} is quantized as {spec.format}/{spec.granularity}"
-                    f"{'/dynamic' if spec.dynamic else ''}; the integer lowering handles 8-bit integer activations "
-                    f"per tensor (int8, uint8, and {WIDE_FORMAT} where quant_points.wide_points puts it) only")
+                    f"{'/dynamic' if spec.dynamic else ''}; the integer lowering handles activations per tensor in "
+                    f"int8, uint8, {', '.join(FLOAT_ACTIVATION_FORMATS)} and {WIDE_FORMAT} (where "
+                    "quant_points.wide_points puts it) only")
 
     def _plan_lookup_tables(self) -> None:
         quantized = {name for name in self.src.values if self.quantized(name)}
@@ -449,14 +541,21 @@ class _Lowering:
         outputs = []
         for name in node.outputs:
             value = self.src.values[name]
-            outputs.append((self.fresh(f"{name}_f") if self.quantized(name) else name, value.shape, value.dtype))
+            coded = self.quantized(name) or self.float_coded(name)
+            outputs.append((self.fresh(f"{name}_f") if coded else name, value.shape, value.dtype))
         names = self.emit(node.op, inputs, outputs, dict(node.attrs), node.name)
         for name, out in zip(node.outputs, names):
             self.raw[name] = out
             if self.quantized(name):
                 self._quantize_result(name, out)
+            elif self.float_coded(name):
+                self._quantize_float(name, out)
         if node.op in ("Conv", "MatMul", "ConvTranspose"):
-            self.layers.append(self._layer_report(node, "float"))
+            w_spec = self.spec(node.inputs[1]) if len(node.inputs) > 1 else None
+            weight_only = w_spec is not None and self.spec(node.inputs[0]) is None and node.inputs[1] in self.src.constants
+            self.layers.append(self._layer_report(node, WEIGHT_ONLY if weight_only else "float"))
+            if w_spec is not None and not weight_only:  # a quantized kernel, computed in float
+                self.emulated.add(w_spec.format)
 
     def _layer_report(self, node: Node, lowered: str) -> dict[str, Any]:
         weight = node.inputs[1] if len(node.inputs) > 1 else ""
@@ -568,8 +667,12 @@ class _Lowering:
             w_codes = constant_channels(node, overflowing, w_codes, w_zero_points, x_spec, out_spec,
                                         acc_scale * factor, bias * factor, bias_codes, epilogue, attrs)
 
-        w_name = (self.constant(f"{node.inputs[1]}_q", w_codes) if w_codes is not None
-                  else self.codes_of(node.inputs[1]))
+        if w_codes is None:
+            w_name = self.codes_of(node.inputs[1])
+        elif len(overflowing):  # constant_channels rewrote codes: stored as they are, one per byte
+            w_name = self.constant(f"{node.inputs[1]}_q", w_codes)
+        else:
+            w_name = self.weight_codes(node.inputs[1], w_codes)
         zero_point_of_w = w_zero_points if len(set(w_zero_points.tolist())) > 1 else w_zero_points[:1].reshape(())
         inputs = [self.codes_of(x), w_name, self.constant(f"{node.inputs[1]}_zero_point", zero_point_of_w),
                   self.constant(f"{node.name}_bias", bias_codes.astype(np.int32))]

@@ -1,4 +1,4 @@
-"""Evidence for the integer-only lowering: W8A8 artifacts equal bitsmith's integer reference bit for bit.
+"""Evidence for the integer-only lowering and the low-precision formats, per model and format.
 
 For every model (default: the zoo models the lowering covers) this script
   - quantizes the FP32 graph with the recipe (default w8a8) on real calibration inputs and lowers it
@@ -14,10 +14,16 @@ For every model (default: the zoo models the lowering covers) this script
     relative to the FP32 output range, top-1 agreement, accuracy on labelled data, and for a text
     detector the IoU of its text masks), graph sizes
     (ops before and after lowering, Quantize/Dequantize nodes left), artifact and ONNX bytes, and the
-    latency of the W8A8 and FP32 artifacts (same thread count, median of alternating runs).
+    latency of the W8A8 and FP32 artifacts (same thread count, median of alternating runs);
+  - then, per format (FORMAT_RECIPES: w8a8 and the low-precision recipes), compiles the model with that
+    recipe and compares the artifact on fewer evaluation inputs (FORMAT_EVAL_BATCHES) with its reference:
+    the integer reference (recipes with integer activations and integer kernels: bit-exact expected) or
+    the fake-quant Simulator (float formats: equal within float rounding, TOLERANCE), naming which; with
+    the graph sizes, the weight bytes as stored (4-bit codes two per byte) and the formats emulated on
+    this target.
 
 Writes docs/results/integer_parity.json and .md:
-    .venv/bin/python scripts/integer_parity.py [--models mtcnn_rnet ...] [--recipe w8a8]
+    .venv/bin/python scripts/integer_parity.py [--models mtcnn_rnet ...] [--recipe w8a8] [--formats w4a8 ...]
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ import bitsmith
 from bitsmith import zoo
 from bitsmith.frontends.onnx import import_onnx
 from bitsmith.interpreter import execute, run_graph
+from bitsmith.ir import Graph
 from bitsmith.measure import median, time_alternating
 from bitsmith.passes.lower_integer import lower_integer
-from bitsmith.pipeline import resolve_recipe, versions
+from bitsmith.passes.quant_points import WIDE_FORMAT
+from bitsmith.pipeline import Compiled, compile_traced, resolve_recipe, versions
 from bitsmith.quantize import quantize
 from bitsmith.simulate import Simulator
 
@@ -53,7 +61,22 @@ CLASS_OUTPUT = {"mtcnn_rnet": "prob", "mtcnn_onet": "prob", "mobilenet_v2": "log
 # the output holding a text probability map (IoU of the text masks, probability > TEXT_THRESHOLD)
 MASK_OUTPUT = {"ppocr_det": "sigmoid_0.tmp_0"}
 TEXT_THRESHOLD = 0.3  # PP-OCR's DB post-processing threshold
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
+# models whose class output has labels to measure accuracy with (zoo.labels)
+LABELLED = ("mtcnn_rnet", "mtcnn_onet", "ppocr_cls")
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QuantizeFloat", "DequantizeFloat")
+LOAD_OPS = ("DequantizeWeight", "UnpackCodes")  # weight decoding: run once, when the weights are loaded
+# the per-format table: recipes (bitsmith.PRESETS) and how many evaluation batches each gets
+FORMAT_RECIPES = ("w8a8", "w4a8", "fp8_e4m3", "mxfp4_weights", "nvfp4_weights", "fp4_weights", "w8_weight_only")
+FORMAT_EVAL_BATCHES = 2
+# Float formats against the Simulator (tests/test_lowprecision.py explains and measures): both run the same
+# float ops on bit-identical weights and differ only in the order of float32 sums, within FLOAT_ROUNDING of
+# the FP32 output range. With FP8 activations such a difference can move an activation across an FP8
+# rounding boundary, by one FP8 code, which the following layers carry to that sample's outputs: then at
+# least FP8_SAMPLES_WITHIN of the samples stay within FLOAT_ROUNDING, and no output departs by more than
+# FP8_ERROR_SHARE of FP8's own error, max |Simulator - FP32|.
+FLOAT_ROUNDING = 1e-5
+FP8_SAMPLES_WITHIN = 0.95
+FP8_ERROR_SHARE = 0.25
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,7 +174,7 @@ def measure(name: str, recipe_name: str, workdir: Path, repeat: int) -> dict:
             entry["top1_int_vs_simulator"] = float(np.mean(top1["reference"] == top1["simulator"]))
             entry["top1_int_vs_fp32"] = float(np.mean(top1["reference"] == top1["fp32"]))
             entry["top1_simulator_vs_fp32"] = float(np.mean(top1["simulator"] == top1["fp32"]))
-            if name in ("mtcnn_rnet", "mtcnn_onet", "ppocr_cls"):
+            if name in LABELLED:
                 labels = np.concatenate(zoo.labels(name, evaluation_batches, batch, split="eval"))
                 entry["accuracy"] = {k: float(np.mean(top1[k] == labels)) for k in ("reference", "simulator", "fp32")}
         per_output[o] = entry
@@ -159,12 +182,15 @@ def measure(name: str, recipe_name: str, workdir: Path, repeat: int) -> dict:
     counts = lowered.op_counts()
     times = time_alternating({"int": lambda: artifact.run(feeds[0]), "fp32": lambda: fp32_artifact.run(feeds[0])},
                              repeat=repeat, warmup=3)
+    record = format_record(name, recipe.name, Compiled(artifact, graph, quantized, lowered), outputs, feeds,
+                           fp32_artifact, max(repeat // 4, 3), compile_s)  # the per-format table's row of this recipe
     return {
+        "formats": {recipe.name: record},
         "recipe": recipe.name, "batch": batch, "samples": batch * evaluation_batches,
         "calibration_samples": batch * calibration_batches,
         "bit_exact": bool(bit_exact), "max_abs_diff": max_abs_diff, "sim_vs_integer_max_abs_diff": sim_max_abs_diff,
         "fake_quant_divergence": local_divergence(exact_simulator, feeds),
-        "ops_before_fusion": len(graph.nodes), "ops_after_fusion": len(lowered.nodes),
+        "ops_before_fusion": len(graph.nodes), "ops_after_fusion": len(lowered.nodes) - load_ops(lowered),
         "quant_ops_left": sum(counts.get(op, 0) for op in QUANT_OPS),
         "lowered_ops": counts, "manifest_ops_match": artifact.manifest["formats"]["ops"] == counts,
         "emulated_formats": artifact.manifest["formats"]["emulated"],
@@ -172,6 +198,121 @@ def measure(name: str, recipe_name: str, workdir: Path, repeat: int) -> dict:
         "fp32_onnx_bytes": zoo.onnx_path(name).stat().st_size,
         "int_ms": median(times["int"]), "fp32_ms": median(times["fp32"]),
         "quantize_and_lower_seconds": round(lower_s, 1), "compile_seconds": round(compile_s, 1),
+        "outputs": per_output,
+    }
+
+
+def load_ops(lowered: Graph) -> int:
+    counts = lowered.op_counts()
+    return sum(counts.get(op, 0) for op in LOAD_OPS)
+
+
+def integer_kernels(quantized: Graph) -> bool:
+    """Whether the artifact is compared bit for bit with the integer reference: activations in 8-bit
+    integers (and int16 wide residual streams). Otherwise (float activations, FP8) it computes in float and
+    is compared with the Simulator."""
+    formats = {v.quant.format for n, v in quantized.values.items() if v.quant is not None and n not in quantized.constants}
+    return bool(formats) and formats <= {"int8", "uint8", WIDE_FORMAT}
+
+
+def stored_weight_bytes(lowered: Graph, quantized: Graph) -> dict:
+    """The quantized weights, and the bytes the artifact stores for them: codes (4-bit two per byte) and,
+    for weights decoded at load, their scales; weights of QConv / QMatMul keep their scales in the epilogue."""
+    weights = code_bytes = scale_bytes = 0
+    decoded = {n.inputs[0]: n for n in lowered.nodes if n.op in LOAD_OPS}
+    for name, value in quantized.values.items():
+        if value.quant is None or name not in quantized.constants:
+            continue
+        weights += quantized.constants[name].size
+    for codes, node in decoded.items():
+        code_bytes += lowered.constants[codes].nbytes
+        scale_bytes += sum(lowered.constants[i].nbytes for i in node.inputs[1:])
+    integer_codes = [n for n in lowered.nodes if n.op in ("QConv", "QMatMul") and n.inputs[1] in lowered.constants]
+    code_bytes += sum(lowered.constants[n.inputs[1]].nbytes for n in integer_codes)
+    return {"quantized_weights": weights, "code_bytes": code_bytes, "scale_bytes": scale_bytes,
+            "bytes_per_weight": (code_bytes + scale_bytes) / max(weights, 1)}
+
+
+def measure_format(name: str, recipe_name: str, workdir: Path, fp32_artifact: bitsmith.Artifact, repeat: int) -> dict:
+    """One model with one recipe: the artifact against its reference on FORMAT_EVAL_BATCHES batches."""
+    batch, calibration_batches, evaluation_batches = PLAN[name]
+    evaluation_batches = min(evaluation_batches, FORMAT_EVAL_BATCHES)
+    shapes = zoo.input_shapes(name, batch)
+    calibration = zoo.inputs(name, calibration_batches, batch, split="calib")
+    feeds = zoo.inputs(name, evaluation_batches, batch, split="eval")
+    start = time.perf_counter()
+    compiled = compile_traced(zoo.onnx_path(name), "host", input_shapes=shapes, recipe=recipe_name,
+                              calibration=calibration, output_dir=workdir / f"{name}-{recipe_name}", quiet=True)
+    compile_s = time.perf_counter() - start
+    assert compiled.quantized is not None
+    simulator, fp32 = Simulator(compiled.quantized), Simulator(compiled.graph, quantized=False)
+    runs: dict[str, dict[str, list[np.ndarray]]] = {o: {"tvm": [], "reference": [], "simulator": [], "fp32": []}
+                                                    for o in compiled.graph.outputs}
+    for f in feeds:
+        for kind, result in (("tvm", compiled.artifact.run(f)), ("reference", run_graph(compiled.lowered, f)),
+                             ("simulator", simulator.run(f)), ("fp32", fp32.run(f))):
+            for o in compiled.graph.outputs:
+                runs[o][kind].append(result[o])
+    return format_record(name, recipe_name, compiled, runs, feeds, fp32_artifact, repeat, compile_s)
+
+
+def format_record(name: str, recipe_name: str, compiled: Compiled, runs: dict[str, dict[str, list[np.ndarray]]],
+                  feeds: list[dict[str, np.ndarray]], fp32_artifact: bitsmith.Artifact, repeat: int,
+                  compile_s: float) -> dict:
+    """The per-format record from the outputs of the artifact ("tvm"), the reference interpreter on the
+    lowered graph, the fake-quant Simulator and FP32 (`runs`: output -> kind -> one array per feed)."""
+    quantized, lowered, artifact = compiled.quantized, compiled.lowered, compiled.artifact
+    assert quantized is not None
+    batch = PLAN[name][0]
+    exact = integer_kernels(quantized)
+    compared_with = "reference" if exact else "simulator"
+    fp8 = not exact and resolve_recipe(recipe_name).activations is not None
+    bit_exact, max_abs_diff, max_rel, within_tolerance, per_output = True, 0.0, 0.0, True, {}
+    for o, kinds in runs.items():
+        arrays = {k: np.concatenate(v) for k, v in kinds.items()}
+        ours, theirs = arrays["tvm"], arrays[compared_with]
+        span = float(np.abs(arrays["fp32"]).max()) or 1.0
+        same = ours.dtype == theirs.dtype and ours.shape == theirs.shape and ours.tobytes() == theirs.tobytes()
+        diff = float(np.abs(ours.astype(np.float64) - theirs).max())
+        bit_exact &= same
+        max_abs_diff, max_rel = max(max_abs_diff, diff), max(max_rel, diff / span)
+        entry = {"bit_exact": same, "max_abs_diff": diff, "max_abs_diff_rel": diff / span,
+                 "reference_vs_simulator_bit_exact": arrays["reference"].tobytes() == arrays["simulator"].tobytes(),
+                 "artifact_vs_fp32_max_abs_diff_rel": float(np.abs(ours - arrays["fp32"]).max()) / span}
+        if exact:
+            within_tolerance &= same
+        elif fp8:
+            per_sample = np.abs(ours - theirs).reshape(len(ours), -1).max(axis=1)
+            error = float(np.abs(arrays["simulator"] - arrays["fp32"]).max()) or 1.0
+            entry["samples_within_float_rounding"] = float(np.mean(per_sample <= FLOAT_ROUNDING * span))
+            entry["diff_over_fp8_error"] = diff / error
+            within_tolerance &= (entry["samples_within_float_rounding"] >= FP8_SAMPLES_WITHIN
+                                 and entry["diff_over_fp8_error"] <= FP8_ERROR_SHARE)
+        else:
+            within_tolerance &= diff <= FLOAT_ROUNDING * span
+        if o == CLASS_OUTPUT.get(name):
+            top1 = {k: a.argmax(-1) for k, a in arrays.items()}
+            entry["top1_artifact_vs_fp32"] = float(np.mean(top1["tvm"] == top1["fp32"]))
+            if name in LABELLED:
+                labels = np.concatenate(zoo.labels(name, len(feeds), batch, split="eval"))
+                entry["accuracy"] = {k: float(np.mean(top1[k] == labels)) for k in ("tvm", "fp32")}
+        per_output[o] = entry
+    counts = lowered.op_counts()
+    formats = artifact.manifest["formats"]
+    times = time_alternating({"artifact": lambda: artifact.run(feeds[0]), "fp32": lambda: fp32_artifact.run(feeds[0])},
+                             repeat=repeat, warmup=2)
+    return {
+        "recipe": recipe_name, "weights": formats["weights"], "activations": formats["activations"],
+        "compared_with": "integer reference" if exact else "fake-quant Simulator",
+        "samples": batch * len(feeds), "bit_exact": bool(bit_exact), "max_abs_diff": max_abs_diff,
+        "max_abs_diff_rel": max_rel, "within_tolerance": bool(within_tolerance),
+        "ops_before_fusion": len(compiled.graph.nodes), "ops_after_fusion": len(lowered.nodes) - load_ops(lowered),
+        "load_ops": load_ops(lowered), "quant_ops_left": sum(counts.get(op, 0) for op in QUANT_OPS),
+        "lowered_ops": counts, "emulated_formats": formats["emulated"], "execution": formats.get("execution", {}),
+        "artifact_bytes": artifact.size_bytes(), "weights_file_bytes": (artifact.path / artifact.manifest["weights"]).stat().st_size,
+        "fp32_artifact_bytes": fp32_artifact.size_bytes(), "fp32_onnx_bytes": zoo.onnx_path(name).stat().st_size,
+        "stored_weights": stored_weight_bytes(lowered, quantized),
+        "ms": median(times["artifact"]), "fp32_ms": median(times["fp32"]), "compile_seconds": round(compile_s, 1),
         "outputs": per_output,
     }
 
@@ -233,6 +374,7 @@ def write_markdown(results: dict, path: Path) -> None:
         for op, d in r["fake_quant_divergence"].items():
             lines.append(f"| {name} | {op} | {d['values']} | {d['codes']:,} | {d['differing']:,} "
                          f"({100 * d['differing_fraction']:.3f}%) | {d['max_steps']} |")
+    lines += per_format_markdown(results)
     lines += ["", "ops before lowering: IR nodes of the imported FP32 graph; after: nodes of the lowered integer graph "
               "(Conv + bias + activation, PRelu / HardSwish / HardSigmoid subgraphs and Softmax each become one op). "
               "Q/DQ left: QuantizeLinear + DequantizeLinear nodes, i.e. the borders (one per input, one per quantized "
@@ -242,13 +384,46 @@ def write_markdown(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def per_format_markdown(results: dict) -> list[str]:
+    rows = [(name, r) for name, m in results["models"].items() for r in m.get("formats", {}).values()]
+    if not rows:
+        return []
+    lines = ["", f"Per model and format: each recipe compiled by `bitsmith.compile` and its artifact compared on "
+             f"{results['format_eval_batches']} evaluation batches with the integer reference (8-bit integer "
+             "activations: bit-exact expected) or with the fake-quant Simulator (float or FP8 activations: equal "
+             f"within float rounding, max |diff| / max |FP32 output| at most {FLOAT_ROUNDING:g}; with FP8 "
+             "activations, whose rounding boundaries a float32 sum-order difference can cross, at least "
+             f"{FP8_SAMPLES_WITHIN:.0%} of the samples within float rounding and every difference at most "
+             f"{FP8_ERROR_SHARE:g} of FP8's own error max |Simulator - FP32|). Weights: the bytes stored per "
+             "quantized weight (codes, 4-bit ones two per "
+             "byte, plus the scales of weights decoded at load); ops after lowering count those run per "
+             "inference, + those run once at load (weight decoding). Emulated: formats without a native kernel "
+             "on this CPU (the manifest's list).", "",
+             "| model | recipe | compared with | bit-exact | max abs diff (rel) | within tolerance | ops before / after "
+             "(+ at load) | Q/DQ left | weight bytes per weight | artifact bytes | FP32 ONNX bytes | emulated "
+             "| top-1 = FP32 | ms per batch (this / FP32) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        top1 = next((f"{o['top1_artifact_vs_fp32']:.3f}" for o in r["outputs"].values() if "top1_artifact_vs_fp32" in o), "")
+        lines.append(f"| {name} | {r['recipe']} | {r['compared_with']} | {'yes' if r['bit_exact'] else 'no'} | "
+                     f"{r['max_abs_diff']:.3g} ({r['max_abs_diff_rel']:.2g}) | {'yes' if r['within_tolerance'] else 'NO'} | "
+                     f"{r['ops_before_fusion']} / {r['ops_after_fusion']} (+ {r['load_ops']}) | {r['quant_ops_left']} | "
+                     f"{r['stored_weights']['bytes_per_weight']:.3f} | {r['artifact_bytes']:,} | {r['fp32_onnx_bytes']:,} | "
+                     f"{', '.join(r['emulated_formats']) or '-'} | {top1} | {r['ms']:.2f} / {r['fp32_ms']:.2f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(PLAN), choices=list(PLAN))
     parser.add_argument("--recipe", default="w8a8")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--formats", nargs="*", default=list(FORMAT_RECIPES), choices=list(bitsmith.PRESETS),
+                        help="recipes of the per-format table (none: skip it)")
+    parser.add_argument("--format-repeat", type=int, default=5, help="timed runs per format")
     args = parser.parse_args()
-    results = {"recipe": args.recipe, "cpu": cpu_name(), "cpus": os.cpu_count(), "versions": versions(),
+    results = {"recipe": args.recipe, "formats": args.formats, "format_eval_batches": FORMAT_EVAL_BATCHES,
+               "cpu": cpu_name(), "cpus": os.cpu_count(), "versions": versions(),
                "load_average_start": os.getloadavg(), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
@@ -256,6 +431,14 @@ def main() -> None:
             results["models"][name] = measure(name, args.recipe, Path(tmp), args.repeat)
             print(f"{name}: bit_exact={results['models'][name]['bit_exact']} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
+            fp32_artifact = bitsmith.Artifact.load(Path(tmp) / f"{name}-fp32")  # measure's FP32 build
+            per_format = results["models"][name]["formats"]  # measure's recipe is in already
+            for recipe in (r for r in args.formats if r not in per_format):
+                start = time.perf_counter()
+                per_format[recipe] = measure_format(name, recipe, Path(tmp) / "formats", fp32_artifact, args.format_repeat)
+                r = per_format[recipe]
+                print(f"{name} {recipe}: vs {r['compared_with']}: bit_exact={r['bit_exact']} max_abs_diff_rel="
+                      f"{r['max_abs_diff_rel']:.3g} ({time.perf_counter() - start:.0f} s)", flush=True)
     results["load_average_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "integer_parity.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

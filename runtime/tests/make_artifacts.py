@@ -49,6 +49,10 @@ CASES: dict[str, Case] = {
     "magika-fp32": Case("magika"),
     "mobilenet_v2-w8a8": Case("mobilenet_v2", {"recipe": "w8a8"}, calibration_batches=4),
     "minilm_l6-w8a8": Case("minilm_l6", {"recipe": "w8a8"}, calibration_batches=4),
+    # packed low-precision weights (uint8 parameters) decoded by main_transform_params at load
+    "mtcnn_rnet-w4a8": Case("mtcnn_rnet", {"recipe": "w4a8"}, calibration_batches=2),
+    "mtcnn_rnet-nvfp4_weights": Case("mtcnn_rnet", {"recipe": "nvfp4_weights"}),
+    "mtcnn_rnet-fp8_e4m3": Case("mtcnn_rnet", {"recipe": "fp8_e4m3"}, calibration_batches=2),
 }
 
 
