@@ -7,7 +7,16 @@ The steps, each a pass in bitsmith.passes:
 1. sensitivity: Hutchinson estimates of every weight's (and activation's) Hessian trace (HAWQ-V2);
 2. Omega = Tr(H)/n * ||Q(W) - W||^2 for every weight and every candidate the target allows
    (precision_costs.candidates_for), with the same quantizer the recipe will use, so that format
-   selection (INT vs FP, per channel vs block) follows from each real tensor's error, not a rule;
+   selection (INT vs FP, per channel vs group vs block) follows from each real tensor's error, not a
+   rule. When the recipe runs GPTQ, Q(W) is GPTQ's solution on each candidate's grid (`GPTQ.solve`),
+   so the ILP sees what the recipe will deploy. Two error models (`error_model`):
+   - "weight" (HAWQ-V2): ||Q(W) - W||^2, the error in weight space;
+   - "output": the error as the layer's inputs X see it, ||(Q(W) - W) X||^2 / (||X||^2 / K) (K the
+     reduction length). With the Kronecker-factored (K-FAC) Gauss-Newton block of a linear layer,
+     H ~ (X X^T / n) (x) G, and G taken isotropic, dW^T H dW = Tr(H)/n * this error, which equals
+     ||dW||^2 when the inputs are white. GPTQ moves its error into the directions the inputs do not
+     excite, so its weight-space error grows while its output error falls: with GPTQ, only this
+     model ranks the candidates right ("auto" picks it then, "weight" otherwise);
 3. interlayer: measured interactions of neighbouring layers at low precision, entered into the ILP as
    the pair's relative interaction times the Hessian's prediction for the pair (`_pair_term`);
 4. assign_precision: the ILP (scipy.optimize.milp) minimizing predicted loss within the budget
@@ -30,15 +39,18 @@ from typing import Any, Callable, Mapping, Sequence, cast
 
 import networkx as nx
 import numpy as np
+import torch
 
 from . import targets
 from .constraints import Constraints
 from .errors import BudgetError, DataError, UsageError
-from .formats import fake_quant, quantization_error
+from .formats import fake_quant
 from .ir import Graph, QuantSpec
 from .passes.assign_precision import BUDGETS, Group, Problem, Solution, pareto_front, smallest_feasible, solve
 from .passes.fold_batchnorm import FoldBatchNorm
+from .passes.gptq import GPTQ, layer_hessians
 from .passes.interlayer import Interactions, measure_interactions, neighbour_pairs
+from .passes.linear_layers import LinearLayer, linear_layers
 from .passes.precision_costs import (bits_of, candidates_for, fixed_bytes, label, layer_cost,
                                      peak_activation_bytes)
 from .passes.quant_points import WeightPoint, weight_points
@@ -51,6 +63,7 @@ from .simulate import Simulator
 Feed = Mapping[str, np.ndarray]
 EvalFn = Callable[[Graph], float]
 LOW_BITS = 4
+ERROR_MODELS = ("auto", "weight", "output")
 
 
 @dataclass
@@ -91,8 +104,9 @@ class PrecisionPlan:
 @dataclass
 class PrecisionAnalysis:
     """Everything measured once per model (`analyse_precision`): the BN-folded graph, its weights and
-    their readers, the candidates, the Hessian traces, every weight's spec and ||Q(W) - W||^2 per
-    candidate, and the measured interactions."""
+    their readers, the candidates, the Hessian traces, every weight's spec and quantization error
+    per candidate (under `error_model`), GPTQ's solutions when the recipe runs GPTQ, and the measured
+    interactions."""
 
     graph: Graph
     points: dict[str, WeightPoint]
@@ -103,6 +117,14 @@ class PrecisionAnalysis:
     errors: dict[str, np.ndarray]
     interactions: Interactions | None
     seconds: dict[str, float]
+    rewritten: dict[str, list[np.ndarray | None]] = field(default_factory=dict)  # GPTQ's weights per candidate
+    error_model: str = "weight"
+    low: int | None = None  # the candidate interactions are measured at
+
+    def weight_at(self, name: str, k: int) -> np.ndarray:
+        """The float values weight `name` takes at candidate k: GPTQ's solution, else the original."""
+        solution = self.rewritten.get(name, [None] * (k + 1))[k]
+        return self.graph.constants[name] if solution is None else solution
 
 
 def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targets.Target = "host",
@@ -114,7 +136,8 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
                    interaction_feeds: int = 1, loss_fn: LossFn | None = None, loss_name: str | None = None,
                    eval_feeds: Sequence[Feed] | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
                    pareto_points: int = 16, bisection_steps: int = 10,
-                   measured_latency_ms: Mapping[str, Mapping[str, float]] | None = None) -> PrecisionPlan:
+                   measured_latency_ms: Mapping[str, Mapping[str, float]] | None = None,
+                   error_model: str = "auto") -> PrecisionPlan:
     """Choose a format per weight of `graph` minimizing the predicted loss within `constraints`.
 
     formats: restrict the candidates to these names (e.g. ("int8", "int4")); default all the target lists.
@@ -124,6 +147,9 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
     eval_feeds: data for the default fidelity metric of `max_metric_drop` (default: the calibration feeds).
     measured_latency_ms: weight name -> {candidate label ("int8", "mxfp4/b32", "fp32", ...): milliseconds}
         measured on the target; replaces the cost model's prediction for those entries.
+    error_model: "weight", "output" or "auto" (module docstring, step 2).
+    When the recipe runs "gptq" (its options may limit it to low-bit layers: gptq_max_bits=4), the
+    plan predicts each candidate's loss from GPTQ's solution, with the recipe's own GPTQ settings.
     """
     calibration = list(calibration)
     if not calibration:
@@ -133,7 +159,8 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
     analysis = analyse_precision(graph, calibration, target, formats=formats, clipping=base.weight_clipping,
                                  labels=labels, settings=settings, interactions=interactions,
                                  interaction_feeds=interaction_feeds, loss_fn=loss_fn, loss_name=loss_name,
-                                 cache_dir=cache_dir, quiet=quiet)
+                                 cache_dir=cache_dir, quiet=quiet, gptq=recipe_gptq(base, calibration),
+                                 error_model=error_model)
     problem, groups = build_problem(analysis, target, activations if recipe is None else recipe.activations, ties,
                                     measured_latency_ms)
     budgets = _budgets(constraints, analysis, problem, activations if recipe is None else recipe.activations)
@@ -175,8 +202,17 @@ def analyse_precision(graph: Graph, calibration: Sequence[Feed], target: str | t
                       labels: Sequence[np.ndarray] | None = None,
                       settings: HutchinsonSettings = HutchinsonSettings(), interactions: bool = True,
                       interaction_feeds: int = 1, loss_fn: LossFn | None = None, loss_name: str | None = None,
-                      cache_dir: str | Path | None = DEFAULT_CACHE, quiet: bool = True) -> PrecisionAnalysis:
-    """Steps 1-3 of the module docstring on the BN-folded copy of `graph` (cached: see passes/sensitivity)."""
+                      cache_dir: str | Path | None = DEFAULT_CACHE, quiet: bool = True, gptq: GPTQ | None = None,
+                      error_model: str = "auto", interaction_candidate: str | None = None) -> PrecisionAnalysis:
+    """Steps 1-3 of the module docstring on the BN-folded copy of `graph` (cached: see passes/sensitivity).
+
+    gptq: the GPTQ pass the deployment runs (None: round to nearest); its solutions replace Q(W).
+    error_model: "weight" (HAWQ-V2), "output" (K-FAC) or "auto" ("output" with GPTQ, else "weight").
+    interaction_candidate: the label of the candidate interactions are measured at (default: INT4 per
+        channel, else the first candidate of at most 4 bits).
+    """
+    if error_model not in ERROR_MODELS:
+        raise UsageError(f"plan_precision: error_model must be one of {ERROR_MODELS}, not {error_model!r}")
     calibration = list(calibration)
     target = targets.load(target) if isinstance(target, str) else target
     with_interactions = interactions
@@ -196,38 +232,82 @@ def analyse_precision(graph: Graph, calibration: Sequence[Feed], target: str | t
     seconds["sensitivity_seconds"] = sensitivity.seconds
     seconds["sensitivity_wall_seconds"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
-    specs, errors = _quantization_errors(graph, points, candidates, clipping)
-    seconds["omega_seconds"] = round(time.perf_counter() - start, 3)
+    specs = _candidate_specs(graph, points, candidates, clipping)
+    rewritten = gptq.solve(graph, specs) if gptq is not None else {}
+    if gptq is not None:
+        seconds["gptq_seconds"] = round(time.perf_counter() - start, 3)
+    model = error_model if error_model != "auto" else ("output" if gptq is not None else "weight")
     readers = {name: [n for n in graph.nodes if n.inputs[1:2] == [name]] for name in points}
-    analysis = PrecisionAnalysis(graph, points, readers, candidates, sensitivity, specs, errors, None, seconds)
-    low = _low_candidate(candidates)
+    low = _low_candidate(candidates, interaction_candidate)
+    analysis = PrecisionAnalysis(graph, points, readers, candidates, sensitivity, specs, {}, None, seconds,
+                                 rewritten, model, low)
+    analysis.errors = quantization_errors(analysis, calibration, settings.sample_mask)
+    seconds["omega_seconds"] = round(time.perf_counter() - start, 3)
     if with_interactions and low is not None:
         start = time.perf_counter()
-        loss = loss_fn or builtin_loss(sensitivity.loss if sensitivity.loss in ("kl", "mse") else "kl", graph)
+        loss = loss_fn or builtin_loss(sensitivity.loss if sensitivity.loss in ("kl", "mse") else "kl", graph,
+                                       settings.sample_mask)
         feeds = calibration[:max(1, interaction_feeds)]
-        analysis.interactions = _cached_interactions(analysis, feeds, low, loss, loss_name or sensitivity.loss,
-                                                     cache_dir, quiet)
+        name = loss_name or sensitivity.loss + (f"@{settings.sample_mask}" if settings.sample_mask else "")
+        analysis.interactions = _cached_interactions(analysis, feeds, low, loss, name, cache_dir, quiet)
         seconds["interactions_seconds"] = analysis.interactions.seconds
         seconds["interactions_wall_seconds"] = round(time.perf_counter() - start, 3)
     return analysis
 
 
-def _quantization_errors(graph: Graph, points: dict[str, WeightPoint], candidates: list[LayerFormat],
-                         clipping: str) -> tuple[dict[str, list[QuantSpec | None]], dict[str, np.ndarray]]:
-    """Each weight's spec and ||Q(W) - W||^2 for every candidate, with the recipe's quantizer."""
-    specs: dict[str, list[QuantSpec | None]] = {}
-    errors: dict[str, np.ndarray] = {}
-    for name, point in points.items():
-        weight = graph.constants[name]
-        specs[name] = [None if c.format is None else
-                       QuantizeWeights(c.format, c.granularity, c.block_size, clipping).spec_for(weight, point)
-                       for c in candidates]
-        errors[name] = np.array([0.0 if s is None else quantization_error(weight, s) for s in specs[name]])
-    return specs, errors
+def _candidate_specs(graph: Graph, points: dict[str, WeightPoint], candidates: list[LayerFormat],
+                     clipping: str) -> dict[str, list[QuantSpec | None]]:
+    """Each weight's spec for every candidate, with the recipe's quantizer."""
+    return {name: [None if c.format is None else
+                   QuantizeWeights(c.format, c.granularity, c.block_size, clipping).spec_for(graph.constants[name], point)
+                   for c in candidates]
+            for name, point in points.items()}
 
 
-def _low_candidate(candidates: list[LayerFormat]) -> int | None:
-    """The candidate interactions are measured at: INT4 per channel, else the first of <= 4 bits."""
+def quantization_errors(analysis: PrecisionAnalysis, calibration: Sequence[Feed],
+                        sample_mask: str | None = None) -> dict[str, np.ndarray]:
+    """Each weight's error for every candidate under the analysis's error model (module docstring),
+    from its specs and GPTQ solutions; `sample_mask` limits the output model's inputs to the positions
+    that count."""
+    inputs: dict[str, tuple[LinearLayer, torch.Tensor]] = {}
+    if analysis.error_model == "output":
+        layers = [layer for layer in linear_layers(analysis.graph) if layer.weight in analysis.points]
+        inputs = dict(zip([layer.weight for layer in layers],
+                          zip(layers, layer_hessians(analysis.graph, calibration, layers, sample_mask))))
+    errors = {}
+    for name, specs in analysis.specs.items():
+        weight = np.asarray(analysis.graph.constants[name], np.float32)
+        row = []
+        for k, spec in enumerate(specs):
+            if spec is None:
+                row.append(0.0)
+                continue
+            delta = fake_quant(analysis.weight_at(name, k), spec).astype(np.float64) - weight
+            row.append(output_error(delta, *inputs[name]) if name in inputs else float(np.sum(delta * delta)))
+        errors[name] = np.array(row)
+    return errors
+
+
+def output_error(delta: np.ndarray, layer: LinearLayer, hessian: torch.Tensor) -> float:
+    """||delta X||^2 / (||X||^2 / K) for a weight error `delta` of `layer` whose input second moment
+    is `hessian` (layer_hessians: 2 X X^T / n per group): the weight error as the inputs see it, in
+    the units of ||delta||^2 (equal to it for white inputs)."""
+    matrix = layer.matrix(torch.from_numpy(np.asarray(delta, np.float64)))
+    h = hessian.to(torch.float64)
+    mean_diagonal = float(h.diagonal(dim1=1, dim2=2).mean())
+    if mean_diagonal <= 0:  # the layer never sees a non-zero input: no error reaches its output
+        return 0.0
+    return float(((matrix @ h) * matrix).sum()) / mean_diagonal
+
+
+def _low_candidate(candidates: list[LayerFormat], wanted: str | None = None) -> int | None:
+    """The candidate interactions are measured at: `wanted` (a label), else INT4 per channel, else the
+    first of <= 4 bits."""
+    labels = [label(c) for c in candidates]
+    if wanted is not None:
+        if wanted not in labels:
+            raise UsageError(f"plan_precision: interaction_candidate {wanted!r} is not a candidate; candidates: {labels}")
+        return labels.index(wanted)
     lows = [i for i, c in enumerate(candidates) if c.format is not None and bits_of(c) <= LOW_BITS]
     preferred = [i for i in lows if candidates[i] == LayerFormat("int4")]
     found = preferred or lows
@@ -236,12 +316,14 @@ def _low_candidate(candidates: list[LayerFormat]) -> int | None:
 
 def _cached_interactions(analysis: PrecisionAnalysis, feeds: list[Feed], low: int, loss: LossFn, loss_name: str,
                          cache_dir: str | Path | None, quiet: bool) -> Interactions:
-    quantized = {name: fake_quant(analysis.graph.constants[name], cast(QuantSpec, analysis.specs[name][low]))
+    quantized = {name: fake_quant(analysis.weight_at(name, low), cast(QuantSpec, analysis.specs[name][low]))
                  for name in analysis.points}
     cache_file = None
     if cache_dir is not None:
+        digest = hashlib.sha256(b"".join(np.ascontiguousarray(quantized[n]).tobytes() for n in sorted(quantized)))
         key = json.dumps({"graph": graph_digest(analysis.graph), "data": data_digest(feeds), "loss": loss_name,
-                          "low": list(analysis.candidates[low]), "version": 1}, sort_keys=True)
+                          "low": list(analysis.candidates[low]), "weights": digest.hexdigest(), "version": 2},
+                         sort_keys=True)
         cache_file = Path(cache_dir) / f"{analysis.graph.name}-interactions-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
         if cache_file.exists():
             return Interactions.from_json(json.loads(cache_file.read_text()))
@@ -276,7 +358,7 @@ def build_problem(analysis: PrecisionAnalysis, target: targets.Target, activatio
     measured = measured_latency_ms or {}
     groups = _tie_groups(analysis.points, ties)
     index_of = {name: g for g, names in enumerate(groups) for name in names}
-    low_index = _low_candidate(analysis.candidates)
+    low_index = analysis.low
     low = np.array([k == low_index for k in range(len(analysis.candidates))])  # where interactions were measured
     problem_groups = []
     for names in groups:
@@ -414,9 +496,10 @@ def _bisect(problem: Problem, budgets: dict[str, float], max_drop: float, metric
 
 def _builder(graph: Graph, calibration: list[Feed], base: QuantRecipe, analysis: PrecisionAnalysis,
              groups: list[tuple[str, ...]]) -> Callable[[Solution], Graph]:
-    """How the bisection builds a candidate: the weight specs alone when the recipe quantizes nothing else,
-    else the whole recipe through the quantize driver (activations calibrated, algorithms run)."""
-    if base.activations is None and not base.algorithms:
+    """How the bisection builds a candidate: the analysis's weights and specs when the recipe quantizes
+    nothing else (GPTQ's solutions are in the analysis), else the whole recipe through the quantize
+    driver (activations calibrated, algorithms run)."""
+    if base.activations is None and set(base.algorithms) <= ({"gptq"} if analysis.rewritten else set()):
         return lambda solution: quantized_graph(analysis, groups, solution.choice)
     from .quantize import quantize
 
@@ -429,14 +512,25 @@ def _builder(graph: Graph, calibration: list[Feed], base: QuantRecipe, analysis:
     return build
 
 
+def recipe_gptq(recipe: QuantRecipe, calibration: Sequence[Feed]) -> GPTQ | None:
+    """The GPTQ pass `recipe` runs through the quantize driver (its options included), or None."""
+    if "gptq" not in recipe.algorithms:
+        return None
+    from .quantize import ALGORITHMS
+
+    return cast(GPTQ, ALGORITHMS["gptq"][1](recipe, list(calibration)))
+
+
 def quantized_graph(analysis: PrecisionAnalysis, groups: list[tuple[str, ...]], choice: Sequence[int]) -> Graph:
-    """The folded graph with each weight's chosen spec (choice [-1]: the float graph)."""
+    """The folded graph with each weight's chosen spec and values (GPTQ's solution where the analysis
+    has one; choice [-1]: the float graph)."""
     graph = analysis.graph.copy()
     if list(choice) == [-1]:
         return graph
     for names, k in zip(groups, choice):
         for name in names:
             graph.values[name].quant = analysis.specs[name][k]
+            graph.constants[name] = analysis.weight_at(name, k)
     return graph
 
 

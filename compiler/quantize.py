@@ -50,7 +50,9 @@ def _awq(recipe: QuantRecipe, feeds: Feeds) -> Pass:
 
 
 def _gptq(recipe: QuantRecipe, feeds: Feeds) -> Pass:
-    return GPTQ(feeds, act_order=bool(recipe.options.get("gptq_act_order", 0)))
+    max_bits = recipe.options.get("gptq_max_bits")
+    return GPTQ(feeds, act_order=bool(recipe.options.get("gptq_act_order", 0)), sample_mask=_sample_mask(recipe),
+                max_bits=None if max_bits is None else int(max_bits))
 
 
 def _fp_search_weights(recipe: QuantRecipe, feeds: Feeds) -> Pass:
@@ -62,7 +64,8 @@ def _fp_search_activations(recipe: QuantRecipe, feeds: Feeds) -> Pass:
 
 
 # name -> (stage, factory(recipe, calibration feeds) -> Pass). Recipe options they read:
-# smoothquant_alpha (0.5), gptq_act_order (0), fp_search_formats (comma-separated format names;
+# smoothquant_alpha (0.5), gptq_act_order (0), gptq_max_bits (none: GPTQ rewrites weights of at most
+# that many bits, e.g. 4 for the low-bit layers of a mixed-precision plan), fp_search_formats (comma-separated format names;
 # default: the FP formats of each tensor's bit width), calibration_mask (a graph input marking the
 # positions that count, e.g. "attention_mask"; Calibrate reads it too: passes/calibrate.py).
 ALGORITHMS: dict[str, tuple[str, Callable[[QuantRecipe, Feeds], Pass]]] = {

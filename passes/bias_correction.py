@@ -18,6 +18,11 @@ compensates clipping losses with biases, which hurts.
 `sample_mask` (calibrate.masked_rows) limits the means to the positions that count, e.g. a
 transformer's real tokens: padding that the activation ranges were not calibrated on would otherwise
 dominate them.
+
+`float_weights` (weight name -> values) gives the weights as they were before an algorithm rewrote
+them on their grid (GPTQ stores its dequantized solution as the constant): the float model then runs
+with these, so the shift includes that layer's whole weight error. Without them, a rewritten weight
+is its own reference and only activation quantization shifts its layer's output.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..interpreter import run_node, use_counts
 from ..ir import Graph, Node
 from ..simulate import Simulator
@@ -40,28 +46,43 @@ class BiasCorrection(Pass):
     requires = ("weights_quantized",)
 
     def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]], sequential: bool = False,
-                 sample_mask: str | None = None) -> None:
+                 sample_mask: str | None = None, float_weights: Mapping[str, np.ndarray] | None = None) -> None:
         self.feeds = list(feeds)
         self.sequential = sequential
         self.sample_mask = sample_mask
+        self.float_weights = dict(float_weights or {})
 
     def run(self, graph: Graph) -> Graph:
         layers = _correctable_layers(graph)
         if not layers:
             return graph
         masks = [sample_mask_of(graph, f, self.sample_mask) for f in self.feeds]
+        float_sim = Simulator(self._float_graph(graph), quantized=False)
         if self.sequential:
-            _lockstep(graph, self.feeds, {node.name: bias for node, bias in layers}, masks)
+            _lockstep(graph, self.feeds, {node.name: bias for node, bias in layers}, masks, float_sim)
             return graph
-        for (node, bias_name), shift in zip(layers, _local_shifts(graph, self.feeds, layers, masks)):
+        for (node, bias_name), shift in zip(layers, _local_shifts(graph, self.feeds, layers, masks, float_sim)):
             _correct(graph, bias_name, shift)
         return graph
 
+    def _float_graph(self, graph: Graph) -> Graph:
+        """The float reference: `graph` itself, or a copy with the weights before their rewrite."""
+        if not self.float_weights:
+            return graph
+        unknown = sorted(set(self.float_weights) - set(graph.constants))
+        if unknown:
+            raise UsageError(f"bias_correction: float_weights name {unknown}, which are not constants of model "
+                             f"{graph.name!r}")
+        reference = graph.copy()
+        for name, values in self.float_weights.items():
+            reference.constants[name] = np.asarray(values, graph.constants[name].dtype)
+        return reference
+
 
 def _lockstep(graph: Graph, feeds: list[Mapping[str, np.ndarray]], biases: dict[str, str],
-              masks: list[np.ndarray | None]) -> None:
+              masks: list[np.ndarray | None], float_sim: Simulator) -> None:
     """Run float and deployed models side by side, correcting biases as the layers are reached."""
-    float_sim, quant_sim = Simulator(graph, quantized=False), Simulator(graph, quantized=True)
+    quant_sim = Simulator(graph, quantized=True)
     remaining = use_counts(graph)
     float_envs, quant_envs = [], []
     for f in feeds:
@@ -160,9 +181,9 @@ def _bias_of(graph: Graph, node: Node, consumers: dict[str, list[Node]]) -> str 
 
 
 def _local_shifts(graph: Graph, feeds: list[Mapping[str, np.ndarray]], layers: list[tuple[Node, str]],
-                  masks: list[np.ndarray | None]) -> list[np.ndarray]:
+                  masks: list[np.ndarray | None], float_sim: Simulator) -> list[np.ndarray]:
     """Per layer, the per-channel mean of (deployed output - float output) on the layer's float inputs."""
-    float_sim, quant_sim = Simulator(graph, quantized=False), Simulator(graph, quantized=True)
+    quant_sim = Simulator(graph, quantized=True)
     data_inputs = sorted({node.inputs[0] for node, _ in layers})
     sums: list[np.ndarray] = [np.zeros(0)] * len(layers)
     with torch.no_grad():

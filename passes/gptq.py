@@ -12,6 +12,11 @@ group at a time), with the layer's float calibration inputs X (rows of im2col pa
    not yet quantized columns absorb the error, w_k -= err * U_jk; the update is applied lazily to
    blocks of 128 columns (the paper's batched form, same result).
 
+`sample_mask` names a graph input marking the positions that count (a transformer's
+`attention_mask`): H then sums over those tokens only, not over padding the model's outputs ignore.
+`max_bits` limits the pass to weights of at most that many bits (GPTQ on the low-bit layers of a
+mixed-precision plan).
+
 The weight's QuantSpec (from QuantizeWeights: its per-channel or per-block scales) is kept; only the
 float values change: the constant becomes the dequantized GPTQ solution, so fake_quant(W', spec) = W'.
 Works for every element format, integer or float (INT8/INT4, FP8, FP4, MX, NVFP4), since each
@@ -29,6 +34,7 @@ import torch
 from ..formats import fake_quant_torch
 from ..ir import Graph, QuantSpec
 from .base import Pass
+from .calibrate import masked_rows, sample_mask_of
 from .linear_layers import LinearLayer, float_inputs, linear_layers, single_thread
 
 log = logging.getLogger("bitsmith.passes.gptq")
@@ -41,36 +47,62 @@ class GPTQ(Pass):
     requires = ("weights_quantized",)
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], block_size: int = 128,
-                 dampening: float = 0.01, act_order: bool = False) -> None:
+                 dampening: float = 0.01, act_order: bool = False, sample_mask: str | None = None,
+                 max_bits: int | None = None) -> None:
         self.feeds = list(feeds)
         self.block_size = block_size
         self.dampening = dampening
         self.act_order = act_order
+        self.sample_mask = sample_mask
+        self.max_bits = max_bits
 
     def run(self, graph: Graph) -> Graph:
-        layers = [layer for layer in linear_layers(graph) if graph.values[layer.weight].quant is not None]
-        if not layers:
-            return graph
-        hessians = layer_hessians(graph, self.feeds, layers)
-        for layer, hessian in zip(layers, hessians):
-            spec = cast(QuantSpec, graph.values[layer.weight].quant)  # the layers found carry weight specs
-            graph.constants[layer.weight] = gptq_weight(graph.constants[layer.weight], spec, layer, hessian,
-                                                        self.block_size, self.dampening, self.act_order)
-        log.info("GPTQ rewrote %d weights", len(layers))
+        specs = {name: [spec] for name, spec in ((layer.weight, graph.values[layer.weight].quant)
+                                                 for layer in linear_layers(graph)) if spec is not None}
+        solutions = self.solve(graph, specs)
+        for name, (solution,) in solutions.items():
+            if solution is not None:
+                graph.constants[name] = solution
+        log.info("GPTQ rewrote %d weights", sum(s[0] is not None for s in solutions.values()))
         return graph
+
+    def solve(self, graph: Graph, specs: Mapping[str, Sequence[QuantSpec | None]]) -> dict[str, list[np.ndarray | None]]:
+        """For each weight of `specs` (name -> candidate specs), the GPTQ solution on each spec's grid
+        (None where this pass leaves the weight alone: no spec, more than `max_bits` bits, or not a
+        layer GPTQ handles). The layer Hessians are measured once for all candidates: with float
+        inputs, a layer's solution depends on its own spec only (mixed-precision search)."""
+        layers = [layer for layer in linear_layers(graph)
+                  if any(self._rewrites(spec) for spec in specs.get(layer.weight, ()))]
+        solutions: dict[str, list[np.ndarray | None]] = {name: [None] * len(s) for name, s in specs.items()}
+        if not layers:
+            return solutions
+        hessians = layer_hessians(graph, self.feeds, layers, self.sample_mask)
+        for layer, hessian in zip(layers, hessians):
+            for k, spec in enumerate(specs[layer.weight]):
+                if spec is not None and self._rewrites(spec):
+                    solutions[layer.weight][k] = gptq_weight(graph.constants[layer.weight], spec, layer, hessian,
+                                                             self.block_size, self.dampening, self.act_order)
+        return solutions
+
+    def _rewrites(self, spec: QuantSpec | None) -> bool:
+        return spec is not None and (self.max_bits is None or spec.bits <= self.max_bits)
 
 
 def layer_hessians(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]],
-                   layers: Sequence[LinearLayer]) -> list[torch.Tensor]:
+                   layers: Sequence[LinearLayer], sample_mask: str | None = None) -> list[torch.Tensor]:
     """Per layer, H = 2 X X^T / n (groups, K, K) over the float calibration inputs, streamed
-    batch by batch; layers reading the same input the same way share one accumulator."""
+    batch by batch; layers reading the same input the same way share one accumulator. With
+    `sample_mask`, a MatMul's rows are the positions the mask marks (Conv inputs are not masked)."""
     keys = [_input_key(layer) for layer in layers]
     first = {key: layer for key, layer in reversed(list(zip(keys, layers)))}
     sums: dict[tuple, torch.Tensor] = {}
     counts: dict[tuple, int] = {}
-    for values in float_inputs(graph, feeds, sorted({layer.input for layer in layers})):
+    names = sorted({layer.input for layer in layers})
+    for feed, values in zip(feeds, float_inputs(graph, feeds, names)):
+        mask = sample_mask_of(graph, feed, sample_mask)
         for key, layer in first.items():
-            rows = layer.rows(values[layer.input]).to(torch.float32)
+            x = masked_rows(values[layer.input], mask) if layer.node.op == "MatMul" else values[layer.input]
+            rows = layer.rows(x).to(torch.float32)
             product = (rows.transpose(1, 2) @ rows).double()
             sums[key] = product if key not in sums else sums[key] + product
             counts[key] = counts.get(key, 0) + rows.shape[1]

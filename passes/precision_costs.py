@@ -4,6 +4,9 @@ Candidates (`candidates_for`): the weight formats the target computes natively o
 (target file, `formats`), each at the granularity the format implies: per output channel for INT8 /
 INT4 / FP8 E4M3 / FP8 E5M2 / FP4 E2M1, blocks along the reduction axis for MXFP4 (32), NVFP4 (16) and
 MXFP8 (32), plus float (LayerFormat(None): the weight stays FP32) when the target lists "fp32".
+Where the target lists INT4, per-group INT4 is a candidate too: groups of 128, 64 or 32 along the
+reduction axis, each with its own FP32 scale (GPTQ's and AWQ's usual weight format), named
+"int4/b128", "int4/b64", "int4/b32"; a group's scale costs 32 / group bits per weight.
 
 Cost model (per weighted layer, per run of the graph as compiled, batch included):
 - bytes: elements x bits / 8, plus the scales as stored (FP32 per channel or per block, E8M0 / E4M3
@@ -29,12 +32,15 @@ from ..targets import Target
 from .quant_points import WeightPoint
 
 FLOAT = LayerFormat(None)
-# the candidate of each format name a target file may list
+# the candidate of each format name a target file may list, and the per-group variants of INT4
 CANDIDATE_OF = {
     "int8": LayerFormat("int8"),
     "fp8_e4m3": LayerFormat("fp8_e4m3"),
     "fp8_e5m2": LayerFormat("fp8_e5m2"),
     "int4": LayerFormat("int4"),
+    "int4/b128": LayerFormat("int4", "block", 128),
+    "int4/b64": LayerFormat("int4", "block", 64),
+    "int4/b32": LayerFormat("int4", "block", 32),
     "fp4_e2m1": LayerFormat("fp4_e2m1"),
     "mxfp4": LayerFormat("mxfp4", "block", 32),
     "nvfp4": LayerFormat("nvfp4", "block", 16),
@@ -56,10 +62,11 @@ def label(candidate: LayerFormat) -> str:
 
 
 def candidates_for(target: Target, formats: tuple[str, ...] | None = None) -> list[LayerFormat]:
-    """The target's weight candidates (all it lists, or only `formats` among them), in table order."""
+    """The target's weight candidates (all it lists, or only those `formats` names: keys of
+    CANDIDATE_OF, e.g. "int4" per channel, "int4/b128" per group), in table order."""
     listed = set(target.formats.get("native", [])) | set(target.formats.get("emulated", []))
     wanted = set(formats) if formats is not None else set(CANDIDATE_OF)
-    return [c for name, c in CANDIDATE_OF.items() if name in listed and name in wanted]
+    return [c for name, c in CANDIDATE_OF.items() if (c.format or "fp32") in listed and name in wanted]
 
 
 @dataclass(frozen=True)

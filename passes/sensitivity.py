@@ -11,7 +11,10 @@ where they are produced: the derivatives with respect to the perturbation are th
 The loss (`loss_kind`): "task" (cross-entropy of the first output against integer labels) when labels
 are given, else a label-free one against the FP32 outputs: "kl" (KL(FP32 || model) of the softmax over
 the last axis; for a single 2-D logits output) or "mse" (mean squared error of every output); or a
-user's `loss_fn`.
+user's `loss_fn`. `sample_mask` names a graph input marking the positions that count (a
+transformer's `attention_mask`): the MSE then averages over those positions only (outputs whose
+leading axes have the mask's shape), so that padding, which the model's users ignore, does not
+dominate the traces (with MiniLM's short sentences padded to 128 tokens it is 85% of the positions).
 
 Two estimators (`estimator`):
 - "hvp": v over all tensors at once, one Hessian-vector product per probe by double backpropagation,
@@ -21,7 +24,8 @@ Two estimators (`estimator`):
   respect to the outputs), so their Hessian equals the Gauss-Newton matrix J^T F J (F: the loss Hessian
   in output space). With F = A A^T, Tr(J_l^T F J_l) = E_u ||J_l^T A u||^2 for Rademacher u in output
   space: one backward pass per probe gives every tensor an unbiased, never negative sample with no
-  cross-layer terms. A is closed form: MSE A = sqrt(2/n) I; softmax KL per row, with s = sqrt(p),
+  cross-layer terms. A is closed form: MSE A = sqrt(2/n) I (masked: sqrt(2/n) diag(m), n the
+  number of positions m marks times the features per position); softmax KL per row, with s = sqrt(p),
   F = diag(p) - p p^T = D^(1/2) (I - s s^T) D^(1/2), and since I - s s^T is a projector,
   A u = s * (u - s (s . u)).
 "auto" takes "gauss_newton" for the built-in label-free losses and "hvp" otherwise.
@@ -42,6 +46,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -77,6 +82,7 @@ class HutchinsonSettings:
     seed: int = 0
     activations: bool = True     # estimate the activations' traces too
     estimator: str = "auto"
+    sample_mask: str | None = None  # graph input marking the positions the MSE counts (None: all)
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -200,8 +206,9 @@ def _loss_kind(graph: Graph, requested: str, labels: Sequence[np.ndarray] | None
     return "kl" if len(graph.outputs) == 1 and len(first.shape) == 2 else "mse"
 
 
-def builtin_loss(kind: str, graph: Graph) -> LossFn:
-    """The loss of `kind` ("task" reads feed["__labels__"]), as loss(outputs, fp32_outputs, feed)."""
+def builtin_loss(kind: str, graph: Graph, sample_mask: str | None = None) -> LossFn:
+    """The loss of `kind` ("task" reads feed["__labels__"]), as loss(outputs, fp32_outputs, feed);
+    with `sample_mask`, the MSE counts only the positions feed[sample_mask] marks."""
     first = graph.outputs[0]
 
     def kl(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], feed: Feed) -> torch.Tensor:
@@ -210,8 +217,11 @@ def builtin_loss(kind: str, graph: Graph) -> LossFn:
         return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
     def mse(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], feed: Feed) -> torch.Tensor:
-        return sum((((out[n].double() - ref[n].double()) ** 2).mean() for n in graph.outputs),
-                   torch.zeros((), dtype=torch.float64))  # 0 + x: exact
+        def term(name: str) -> torch.Tensor:
+            weights = position_weights(feed, sample_mask, ref[name])
+            squared = (out[name].double() - ref[name].double()) ** 2
+            return squared.mean() if weights is None else (squared * weights).sum() / _counted(weights, squared)
+        return sum((term(n) for n in graph.outputs), torch.zeros((), dtype=torch.float64))  # 0 + x: exact
 
     def task(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], feed: Feed) -> torch.Tensor:
         labels = torch.from_numpy(np.asarray(feed["__labels__"], np.int64))
@@ -220,13 +230,35 @@ def builtin_loss(kind: str, graph: Graph) -> LossFn:
     return {"kl": kl, "mse": mse, "task": task}[kind]
 
 
+def position_weights(feed: Feed, sample_mask: str | None, output: torch.Tensor) -> torch.Tensor | None:
+    """feed[sample_mask] (0/1) shaped to broadcast against `output`, when the output's leading axes have
+    the mask's shape; else None (every position counts)."""
+    if sample_mask is None:
+        return None
+    if sample_mask not in feed:
+        raise DataError(f"sensitivity: the calibration feeds have no input {sample_mask!r} (sample_mask); "
+                        f"they have {sorted(feed)}")
+    mask = np.asarray(feed[sample_mask])
+    if tuple(output.shape[:mask.ndim]) != mask.shape:
+        return None
+    weights = torch.from_numpy((mask != 0).astype(np.float64))
+    return weights.reshape(mask.shape + (1,) * (output.dim() - mask.ndim))
+
+
+def _counted(weights: torch.Tensor, output: torch.Tensor) -> float:
+    """The number of output elements the position weights mark (at least 1)."""
+    per_position = output[(0,) * weights.dim()].numel() if output.dim() > weights.dim() else 1
+    return max(float(weights.sum()) * per_position, 1.0)
+
+
 # -- the estimator -----------------------------------------------------------------------------------
 def _estimate(graph: Graph, feeds: list[Feed], labels: Sequence[np.ndarray] | None, settings: HutchinsonSettings,
               kind: str, loss_fn: LossFn | None, quiet: bool) -> Sensitivity:
     start, cpu_start = time.perf_counter(), time.process_time()
-    loss = loss_fn or builtin_loss(kind, graph)
+    loss = loss_fn or builtin_loss(kind, graph, settings.sample_mask)
     estimator = _estimator(settings.estimator, kind, loss_fn)
-    probe_batch = _gauss_newton_batch if estimator == "gauss_newton" else _hvp_batch
+    probe_batch = partial(_gauss_newton_batch, sample_mask=settings.sample_mask) if estimator == "gauss_newton" \
+        else _hvp_batch
     points = weight_points(graph)
     acts = _activation_readers(graph) if settings.activations else {}
     sim = Simulator(graph, quantized=False)
@@ -327,14 +359,15 @@ def _hvp_batch(graph: Graph, sim: Simulator, feed: dict[str, Any], loss: tuple[s
 
 def _gauss_newton_batch(graph: Graph, sim: Simulator, feed: dict[str, Any], loss: tuple[str, LossFn],
                         weights: list[str], acts: dict[str, str], generator: torch.Generator,
-                        probes: int) -> list[np.ndarray]:
+                        probes: int, sample_mask: str | None = None) -> list[np.ndarray]:
     """`probes` samples on one batch: one forward, then per probe one backward pass of J^T A u; each
     tensor's sample is ||J_l^T A u||^2 (module docstring)."""
     forward = _Forward(graph, sim, feed, weights, acts)
     outputs = list(forward.outputs.values())
     rows = []
     for _ in range(probes):
-        cotangents = [_output_factor(loss[0], forward.reference[n], _rademacher(t.shape, generator))
+        cotangents = [_output_factor(loss[0], forward.reference[n], _rademacher(t.shape, generator),
+                                     position_weights(feed, sample_mask, forward.reference[n]))
                       for n, t in forward.outputs.items()]
         grads = torch.autograd.grad(outputs, forward.leaves, grad_outputs=cotangents, retain_graph=True,
                                     allow_unused=True)
@@ -342,10 +375,14 @@ def _gauss_newton_batch(graph: Graph, sim: Simulator, feed: dict[str, Any], loss
     return rows
 
 
-def _output_factor(kind: str, reference: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """A u, where A A^T is the loss Hessian with respect to this output at the FP32 point."""
+def _output_factor(kind: str, reference: torch.Tensor, u: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    """A u, where A A^T is the loss Hessian with respect to this output at the FP32 point (MSE with
+    position weights: the 0/1 weights times sqrt(2 / the positions' element count))."""
     if kind == "mse":
-        return u * float(np.sqrt(2.0 / reference.numel()))
+        if weights is None:
+            return u * float(np.sqrt(2.0 / reference.numel()))
+        return (u * weights.to(u.dtype)) * float(np.sqrt(2.0 / _counted(weights, reference)))
     rows = reference.shape[0]
     s = torch.softmax(reference.double(), -1).sqrt()
     factor = s * (u.double() - s * (s * u.double()).sum(-1, keepdim=True))

@@ -24,7 +24,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,11 +39,14 @@ from bitsmith.frontends.onnx import import_onnx
 from bitsmith.interpreter import run_node
 from bitsmith.measure import classification_fidelity, cosine, mean_pooled
 from bitsmith.passes.assign_precision import Group, Problem, solve
+from bitsmith.passes.bias_correction import BiasCorrection
 from bitsmith.passes.fold_batchnorm import FoldBatchNorm
+from bitsmith.passes.gptq import GPTQ
 from bitsmith.passes.precision_costs import fixed_bytes, label
 from bitsmith.passes.quant_points import weight_points
-from bitsmith.passes.sensitivity import HutchinsonSettings
-from bitsmith.precision import analyse_precision, build_problem, fidelity, plan_precision, quantized_graph
+from bitsmith.passes.sensitivity import HutchinsonSettings, hessian_traces
+from bitsmith.precision import (analyse_precision, build_problem, fidelity, plan_precision, quantization_errors,
+                                quantized_graph)
 from bitsmith.recipes import LayerFormat
 from bitsmith.simulate import Simulator
 
@@ -66,11 +69,17 @@ class Task:
     seq_len: int | None
     max_probes: int
     metric_name: str
+    sample_mask: str | None = None  # the input marking the output positions the Hessian's loss counts
 
 
 TASKS = {
     "mobilenet_v2": Task("mobilenet_v2", 8, 2, 8, 20, 8, None, 8, "kl"),
-    "minilm_l6": Task("minilm_l6", 8, 2, 8, 20, 8, 128, 8, "cosine"),
+    "minilm_l6": Task("minilm_l6", 8, 2, 8, 20, 8, 128, 8, "cosine", "attention_mask"),
+}
+GPTQ_PAIR = ("int8", "int4")  # section 3's (8-bit, 4-bit) candidates for the baselines
+EXTRA_SETS = {  # section 3's further ILPs: name -> candidates (at the same size budget)
+    "hessian_ilp_int4_b128": ["int8", "int4/b128"],
+    "hessian_ilp_int4_groups": ["int8", "int4", "int4/b128", "int4/b64", "int4/b32"],
 }
 
 
@@ -111,7 +120,8 @@ def sub_problem(problem: Problem, keep: list[int]) -> Problem:
 
 
 def equal_size_budget(problem: Problem, bits: float) -> float:
-    """Size at `bits` average weight bits: INT4 everywhere plus (bits - 4)/4 of the way to INT8."""
+    """Size at `bits` average weight bits: INT4 everywhere plus (bits - 4)/4 of the way to INT8 (candidates
+    0 and 1 of `problem`: INT8 and INT4 per channel, scales included)."""
     int8 = problem.total([0] * len(problem.groups), "size_bytes")
     int4 = problem.total([1] * len(problem.groups), "size_bytes")
     return int4 + (bits - 4) / 4 * (int8 - int4)
@@ -155,7 +165,7 @@ def single_layer_drops(task: Task, analysis, low: int, feeds: list, reference: O
     constants = {n: torch.from_numpy(np.array(a)) for n, a in graph.constants.items()}
     from bitsmith.formats import fake_quant
 
-    quantized = {n: torch.from_numpy(fake_quant(graph.constants[n], analysis.specs[n][low])) for n in names}
+    quantized = {n: torch.from_numpy(fake_quant(analysis.weight_at(n, low), analysis.specs[n][low])) for n in names}
     for feed in feeds:
         env = {n: torch.from_numpy(np.array(feed[n])) for n in graph.inputs}
         with torch.no_grad():
@@ -196,27 +206,117 @@ def format_selection(analysis) -> dict:
 
 
 # -- driver ------------------------------------------------------------------------------------------
+class Evaluator:
+    """Builds and measures configurations of one analysis: `choice` holds one candidate index per group."""
+
+    def __init__(self, task: Task, analysis, groups, problem_all: Problem, feeds: list, reference: Outputs,
+                 calibration: list) -> None:
+        self.task, self.analysis, self.groups, self.problem_all = task, analysis, groups, problem_all
+        self.feeds, self.reference, self.calibration = feeds, reference, calibration
+        self.labels = [label(c) for c in analysis.candidates]
+
+    def graph(self, choice: list[int], bias_correction: bool = False):
+        """The configuration; with `bias_correction`, corrected against the weights before GPTQ."""
+        q = quantized_graph(self.analysis, self.groups, choice)
+        if not bias_correction:
+            return q
+        original = {n: self.analysis.graph.constants[n] for n in self.analysis.points}
+        return BiasCorrection(self.calibration, float_weights=original).run(q)
+
+    def __call__(self, choice: list[int], bias_correction: bool = False, graph=None) -> dict:
+        q = graph if graph is not None else self.graph(choice, bias_correction)
+        size = self.problem_all.total(choice, "size_bytes")
+        params = sum(self.analysis.graph.values[n].size for names in self.groups for n in names)
+        return {**metrics(self.task, self.feeds, self.reference, run_all(q, self.feeds)),
+                "size_bytes": size, "average_weight_bits": average_bits(self.analysis, self.groups, choice),
+                "storage_bits_per_weight": 8 * (size - self.problem_all.fixed.get("size_bytes", 0.0)) / params,
+                "formats": _format_counts(choice, self.labels)}
+
+
+def compare(evaluate: Evaluator, problem_all: Problem, pair: tuple[str, str], log: Callable[[str], None],
+            extra_sets: dict[str, list[str]] | None = None,
+            oracle_drops: tuple[dict[str, float], dict[str, float]] | None = None,
+            bias_correction: bool = False, baselines: bool = True) -> dict:
+    """The equal-size comparisons on the (8-bit, 4-bit) candidate pair: uniform, the Hessian ILP with and
+    without interactions, random (mean of RANDOM_SEEDS), the reversed ranking (these three only with
+    `baselines`), the ILP over every candidate, over `extra_sets` (name -> candidate labels), and the
+    ILP over measured single-layer drops (`oracle_drops`: at 8 and at 4 bits); with `bias_correction`,
+    the uniform INT8 and Hessian ILP rows again with bias correction on every quantized layer."""
+    labels = evaluate.labels
+    keep = [labels.index(pair[0]), labels.index(pair[1])]
+    problem = sub_problem(problem_all, keep)
+    n = len(problem.groups)
+
+    def full(choice: list[int]) -> list[int]:
+        return [keep[c] for c in choice]
+
+    def subset(names: list[str]) -> tuple[Problem, list[int]]:
+        indices = [labels.index(l) for l in names]
+        return sub_problem(problem_all, indices), indices
+
+    comparisons = {"pair": list(pair), "uniform_int8": evaluate(full([0] * n)),
+                   "uniform_int4": evaluate(full([1] * n))}
+    if bias_correction:
+        comparisons["uniform_int8_bias_correction"] = evaluate(full([0] * n), bias_correction=True)
+    for bits in AVERAGE_BITS:
+        budget = equal_size_budget(problem, bits)
+        row: dict = {"size_budget_bytes": budget}
+        row["hessian_ilp"] = evaluate(full(solve(problem, {"size_bytes": budget}).choice))
+        if baselines:
+            row["hessian_ilp_no_interactions"] = evaluate(
+                full(solve(Problem(problem.groups, [], problem.fixed), {"size_bytes": budget}).choice))
+        row["hessian_ilp_all_formats"] = evaluate(solve(problem_all, {"size_bytes": budget}).choice)
+        for name, names in (extra_sets or {}).items():
+            sub, indices = subset(names)
+            row[name] = evaluate([indices[c] for c in solve(sub, {"size_bytes": budget}).choice])
+        if baselines:
+            randoms = [evaluate(full(random_choice(problem, budget, seed))) for seed in range(RANDOM_SEEDS)]
+            row["random"] = {k: float(np.mean([r[k] for r in randoms])) for k in randoms[0] if k != "formats"}
+            row["random"]["per_seed_drop"] = [r["drop"] for r in randoms]
+            row["reverse_hessian"] = evaluate(full(solve(reversed_problem(problem), {"size_bytes": budget}).choice))
+        if oracle_drops is not None:
+            row["measured_singles_ilp"] = oracle_row(evaluate, problem, keep, oracle_drops, budget)
+        if bias_correction:
+            row["hessian_ilp_bias_correction"] = evaluate(full(solve(problem, {"size_bytes": budget}).choice),
+                                                          bias_correction=True)
+        comparisons[f"avg_{bits}_bits"] = row
+        log(f"{evaluate.task.model} {pair}: {bits} bits: " + ", ".join(
+            f"{k}={v['drop']:.4g}" for k, v in row.items() if isinstance(v, dict)))
+    return comparisons
+
+
+def oracle_row(evaluate: Evaluator, problem: Problem, keep: list[int],
+               drops: tuple[dict[str, float], dict[str, float]], budget: float) -> dict:
+    """The assignment an exact additive model would pick: the ILP with each layer's measured drop alone
+    at 8 and at 4 bits as its loss. Its objective, the least sum of measured single-layer drops at this
+    size, is what any additive sensitivity estimate can reach at best; `sum_of_measured_4bit_drops`
+    is the part of it from the layers left at 4 bits (a bound that needs no 8-bit measurement)."""
+    groups = [Group(g.names, np.array([2.0 * sum(d[n] for n in g.names) for d in drops]), g.costs, g.low)
+              for g in problem.groups]
+    solution = solve(Problem(groups, [], problem.fixed), {"size_bytes": budget})
+    result = evaluate([keep[c] for c in solution.choice])
+    result["sum_of_measured_drops"] = solution.predicted_loss
+    result["sum_of_measured_4bit_drops"] = sum(0.5 * g.omega[1] for g, c in zip(groups, solution.choice) if c == 1)
+    only4 = [Group(g.names, np.array([0.0, g.omega[1]]), g.costs, g.low) for g in groups]
+    result["least_sum_of_measured_4bit_drops"] = solve(Problem(only4, [], problem.fixed),
+                                                       {"size_bytes": budget}).predicted_loss
+    return result
+
+
 def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
     graph, sens_feeds, select_feeds, eval_feeds = load_model(task)
     target = targets.load(TARGET)
     fp32_eval = [Simulator(graph, quantized=False).run(f) for f in eval_feeds]
-    settings = HutchinsonSettings(max_probes=task.max_probes, min_probes=task.max_probes, tolerance=0.2)
+    settings = HutchinsonSettings(max_probes=task.max_probes, min_probes=task.max_probes, tolerance=0.2,
+                                  sample_mask=task.sample_mask)
     load_before = os.getloadavg()
     analysis = analyse_precision(graph, sens_feeds, target, settings=settings, cache_dir=cache)
     load_after = os.getloadavg()
     log(f"{task.model}: analysis {analysis.seconds}")
     problem_all, groups = build_problem(analysis, target)
     labels = [label(c) for c in analysis.candidates]
-    int8, int4 = labels.index("int8"), labels.index("int4")
-    problem = sub_problem(problem_all, [int8, int4])
-    index = {0: int8, 1: int4}
-
-    def evaluate(choice: list[int], all_formats: bool = False) -> dict:
-        chosen = choice if all_formats else [index[c] for c in choice]
-        q = quantized_graph(analysis, groups, chosen)
-        sizes = problem_all.total(chosen, "size_bytes")
-        return {**metrics(task, eval_feeds, fp32_eval, run_all(q, eval_feeds)), "size_bytes": sizes,
-                "average_weight_bits": average_bits(analysis, groups, chosen)}
+    int4 = labels.index("int4")
+    evaluate = Evaluator(task, analysis, groups, problem_all, eval_feeds, fp32_eval, sens_feeds)
 
     # 1. per-layer Omega against measured single-layer drops
     start = time.perf_counter()
@@ -229,31 +329,25 @@ def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
     measured_singles = analysis.interactions.single if analysis.interactions else {}
     rho_calib = float(spearmanr([measured_singles[n] for n in names], [drops[n] for n in names])[0]) \
         if measured_singles else None
-    log(f"{task.model}: spearman {rho:.3f} ({time.perf_counter() - start:.0f}s)")
+    rho_unmasked = None
+    if task.sample_mask:  # the same traces with every position of the output counted
+        plain = hessian_traces(analysis.graph, sens_feeds, settings=replace(settings, sample_mask=None), cache_dir=cache)
+        rho_unmasked = float(spearmanr([analysis.errors[n][int4] * max(plain.weights[n].average_trace, 0)
+                                        for n in names], [drops[n] for n in names])[0])
+    log(f"{task.model}: spearman {rho:.3f} (unmasked loss {rho_unmasked}) ({time.perf_counter() - start:.0f}s)")
 
-    # 2. equal size comparisons
+    # 2. equal size comparisons, round to nearest (INT4 / INT8 per channel)
     t0 = time.perf_counter()
-    solve(problem, {"size_bytes": equal_size_budget(problem, 5)})
+    solve(sub_problem(problem_all, [labels.index("int8"), int4]),
+          {"size_bytes": equal_size_budget(sub_problem(problem_all, [labels.index("int8"), int4]), 5)})
     ilp_seconds = time.perf_counter() - t0
-    comparisons = {"uniform_int8": evaluate([0] * len(groups)), "uniform_int4": evaluate([1] * len(groups))}
-    for bits in AVERAGE_BITS:
-        budget = equal_size_budget(problem, bits)
-        row: dict = {"size_budget_bytes": budget}
-        row["hessian_ilp"] = evaluate(solve(problem, {"size_bytes": budget}).choice)
-        row["hessian_ilp_no_interactions"] = evaluate(
-            solve(Problem(problem.groups, [], problem.fixed), {"size_bytes": budget}).choice)
-        row["hessian_ilp_all_formats"] = evaluate(solve(problem_all, {"size_bytes": budget}).choice, all_formats=True)
-        row["hessian_ilp_all_formats"]["formats"] = _format_counts(
-            solve(problem_all, {"size_bytes": budget}).choice, labels)
-        randoms = [evaluate(random_choice(problem, budget, seed)) for seed in range(RANDOM_SEEDS)]
-        row["random"] = {k: float(np.mean([r[k] for r in randoms])) for k in randoms[0]}
-        row["random"]["per_seed_drop"] = [r["drop"] for r in randoms]
-        row["reverse_hessian"] = evaluate(solve(reversed_problem(problem), {"size_bytes": budget}).choice)
-        comparisons[f"avg_{bits}_bits"] = row
-        log(f"{task.model}: {bits} bits: " + ", ".join(f"{k}={v['drop']:.4g}" for k, v in row.items()
-                                                      if isinstance(v, dict)))
+    comparisons = compare(evaluate, problem_all, ("int8", "int4"), log)
 
-    # 3. accuracy budget: bisection on calibration data, reported on evaluation data
+    # 3. the same with GPTQ on every layer at 4 bits and per-group INT4
+    gptq_result = gptq_comparisons(task, graph, sens_feeds, sens_feeds + select_feeds, target, settings, cache,
+                                   analysis, evaluate, log)
+
+    # 4. accuracy budget: bisection on calibration data, reported on evaluation data
     eval_fn = None
     if task.model == "minilm_l6":
         fp32_select = [Simulator(graph, quantized=False).run(f) for f in select_feeds]
@@ -298,6 +392,9 @@ def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
         "eval_samples_single_layer": task.batch * task.single_layer_batches,
         "drop_metric": "KL(FP32 || quantized) of the softmax" if task.model == "mobilenet_v2"
         else "1 - mean cosine of mean-pooled embeddings with FP32",
+        "sensitivity_sample_mask": task.sample_mask,
+        "sample_mask_fraction": float(np.mean(np.concatenate([f[task.sample_mask].reshape(-1) for f in sens_feeds])))
+        if task.sample_mask else None,
         "weights": len(analysis.points), "candidates": labels,
         "sensitivity": {k: v for k, v in analysis.sensitivity.to_json().items() if k not in ("weights", "activations")},
         "sensitivity_seconds": analysis.sensitivity.seconds,
@@ -308,15 +405,89 @@ def run_task(task: Task, cache: Path, log: Callable[[str], None]) -> dict:
         "ilp_seconds": round(ilp_seconds, 4),
         "loadavg_during_analysis": [round(x, 2) for x in (*load_before, *load_after)],
         "spearman_sensitivity": rho,
+        "spearman_sensitivity_unmasked_loss": rho_unmasked,
         "spearman_measured_calibration_single_losses": rho_calib,
-        "layers": [{"name": n, "omega_int4": omega4[n], "eval_drop_int4_alone": drops[n],
+        "layers": [{"name": n, "node": analysis.points[n].node, "omega_int4": omega4[n],
+                    "eval_drop_int4_alone": drops[n],
                     "average_trace": analysis.sensitivity.weights[n].average_trace,
-                    "params": int(analysis.graph.values[n].size)} for n in names],
+                    "params": int(analysis.graph.values[n].size),
+                    **gptq_result["layers"][n]} for n in names],
         "comparisons": comparisons,
+        "gptq": {k: v for k, v in gptq_result.items() if k != "layers"},
         "accuracy_budget": budget_row,
         "format_selection": format_selection(analysis),
         "pareto": plan.pareto,
     }
+
+
+def gptq_comparisons(task: Task, graph, sens_feeds: list, calib_feeds: list, target, settings: HutchinsonSettings,
+                     cache: Path, rtn, rtn_evaluate: Evaluator, log: Callable[[str], None]) -> dict:
+    """Section 3, GPTQ in every configuration alike, in two protocols:
+    - "gptq": GPTQ on the layers at <= 4 bits, 8-bit layers round to nearest as in section 2;
+    - "gptq_every_layer": GPTQ on every quantized layer (uniform INT8 included).
+    The ILP ranks on the K-FAC output error of GPTQ's solutions, with interactions measured at the pair's
+    4-bit candidate, and per-group INT4 among the candidates; for the CNN, bias correction after GPTQ
+    as further rows. GPTQ and bias correction see every calibration feed (`calib_feeds`), GPTQ only
+    the positions the task's sample mask marks."""
+    start = time.perf_counter()
+    gptq = GPTQ(calib_feeds, max_bits=4, sample_mask=task.sample_mask)
+    analysis = analyse_precision(graph, sens_feeds, target, settings=settings, cache_dir=cache, gptq=gptq,
+                                 error_model="output")
+    seconds = round(time.perf_counter() - start, 1)
+    log(f"{task.model}: GPTQ analysis {analysis.seconds} ({seconds} s)")
+    problem_all, groups = build_problem(analysis, target)
+    labels = [label(c) for c in analysis.candidates]
+    evaluate = Evaluator(task, analysis, groups, problem_all, rtn_evaluate.feeds, rtn_evaluate.reference, calib_feeds)
+    low, int8 = labels.index(GPTQ_PAIR[1]), labels.index("int8")
+    names = list(analysis.points)
+    subset = (rtn_evaluate.feeds[:task.single_layer_batches], rtn_evaluate.reference[:task.single_layer_batches])
+    drops4 = single_layer_drops(task, analysis, low, *subset)
+    drops8 = single_layer_drops(task, analysis, int8, *subset)
+    omega = {n: float(analysis.errors[n][low] * max(analysis.sensitivity.weights[n].average_trace, 0)) for n in names}
+    rho = float(spearmanr([omega[n] for n in names], [drops4[n] for n in names])[0])
+    cnn = task.model == "mobilenet_v2"
+    comparisons = compare(evaluate, problem_all, GPTQ_PAIR, log, extra_sets=EXTRA_SETS,
+                          oracle_drops=(drops8, drops4), bias_correction=cnn)
+    log(f"{task.model}: GPTQ spearman {rho:.3f}")
+
+    start = time.perf_counter()
+    every = every_layer_analysis(analysis, sens_feeds, calib_feeds, task.sample_mask, settings.sample_mask)
+    problem_every, _ = build_problem(every, target)
+    evaluate_every = Evaluator(task, every, groups, problem_every, rtn_evaluate.feeds, rtn_evaluate.reference,
+                               calib_feeds)
+    every_comparisons = compare(evaluate_every, problem_every, GPTQ_PAIR, log, extra_sets=EXTRA_SETS,
+                                bias_correction=cnn, baselines=False)
+    every_seconds = round(time.perf_counter() - start, 1)
+    result = {"algorithm": f"GPTQ (passes/gptq.py, {len(calib_feeds) * task.batch} calibration samples"
+                           + (f", positions marked by {task.sample_mask}" if task.sample_mask else "")
+                           + ") on the layers at <= 4 bits of every configuration; 8-bit layers round to nearest "
+                           "with MSE clipping" + (f"; bias correction on {len(calib_feeds) * task.batch} samples"
+                                                  if cnn else ""),
+              "error_model": analysis.error_model, "pair": list(GPTQ_PAIR), "extra_sets": EXTRA_SETS,
+              "analysis_seconds": seconds, "gptq_seconds": analysis.seconds.get("gptq_seconds"),
+              "spearman_sensitivity": rho, "comparisons": comparisons,
+              "every_layer": {"algorithm": "GPTQ on every quantized layer of every configuration, 8-bit ones too",
+                              "seconds": every_seconds, "comparisons": every_comparisons}}
+    result["layers"] = {n: {f"omega_{GPTQ_PAIR[1]}_gptq": omega[n], f"eval_drop_{GPTQ_PAIR[1]}_gptq_alone": drops4[n],
+                            "eval_drop_int8_alone": drops8[n],
+                            f"weight_error_{GPTQ_PAIR[1]}_gptq": float(np.sum(
+                                (analysis.weight_at(n, low) - analysis.graph.constants[n]) ** 2)),
+                            f"weight_error_{GPTQ_PAIR[1]}_rtn": float(
+                                rtn.errors[n][rtn_evaluate.labels.index(GPTQ_PAIR[1])])}
+                        for n in names}
+    return result
+
+
+def every_layer_analysis(analysis, sens_feeds: list, calib_feeds: list, gptq_mask: str | None, loss_mask: str | None):
+    """`analysis` (GPTQ on <= 4 bits) extended with GPTQ's solutions for its 8-bit candidates too; its
+    interactions, measured at a 4-bit candidate, stay valid."""
+    wider = {n: [s if s is not None and s.bits > 4 else None for s in specs] for n, specs in analysis.specs.items()}
+    solutions = GPTQ(calib_feeds, sample_mask=gptq_mask).solve(analysis.graph, wider)
+    rewritten = {n: [new if new is not None else old for new, old in zip(solutions[n], analysis.rewritten[n])]
+                 for n in analysis.rewritten}
+    every = replace(analysis, rewritten=rewritten)
+    every.errors = quantization_errors(every, sens_feeds, loss_mask)
+    return every
 
 
 def _size_relative_to_int8(model: str, result: dict) -> None:
@@ -387,7 +558,7 @@ def render(doc: dict) -> str:
                   f"on {r['calib_samples_selection']}; metrics on {r['eval_samples']} evaluation samples. "
                   f"Drop metric: {r['drop_metric']}.", "",
                   f"- spearman_sensitivity (Omega at INT4 vs measured drop of that layer alone at INT4): "
-                  f"**{r['spearman_sensitivity']:.3f}** (goal >= 0.7)",
+                  f"**{r['spearman_sensitivity']:.3f}** (goal >= 0.7)" + _unmasked_note(r),
                   f"- sensitivity_seconds: **{r['sensitivity_seconds']:.1f}** wall, "
                   f"{r.get('sensitivity_cpu_seconds', float('nan')):.1f} CPU seconds over {r.get('torch_threads', 2)} "
                   f"threads (goal <= 60 s on 2 cores), interactions {r['interactions_seconds']:.1f} s, "
@@ -411,6 +582,8 @@ def render(doc: dict) -> str:
                   f"{comp['avg_5_bits']['hessian_ilp']['drop'] / comp['uniform_int8']['drop']:.2f}x uniform INT8's "
                   "(goal <= 1.5x). hessian_ilp_all_formats chose "
                   f"{comp['avg_5_bits']['hessian_ilp_all_formats']['formats']} at 5 bits.", ""]
+        if "gptq" in r:
+            lines += render_gptq(model, r)
         b = r["accuracy_budget"]
         lines += [f"Accuracy budget {b['max_relative_drop']:.0%} ({b['selection_metric']}, chosen on "
                   f"{b['selection_samples']} calibration samples): relative drop on evaluation data "
@@ -429,6 +602,74 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _unmasked_note(r: dict) -> str:
+    if r.get("spearman_sensitivity_unmasked_loss") is None:
+        return ""
+    return (f"; the Hessian's MSE counts only the positions `{r['sensitivity_sample_mask']}` marks (mean pooling "
+            f"ignores padding, {1 - r['sample_mask_fraction']:.0%} of the positions here); with every position counted it is "
+            f"{r['spearman_sensitivity_unmasked_loss']:.3f}")
+
+
+def render_gptq(model: str, r: dict) -> list[str]:
+    """Section 3 of run_task: GPTQ in every configuration (on the 4-bit layers; on every layer), per-group
+    INT4, the ratios to uniform INT8 and the additive bound from measured single-layer drops."""
+    g = r["gptq"]
+    comp, every = g["comparisons"], g["every_layer"]["comparisons"]
+    low = g["pair"][1]
+    top1 = model == "mobilenet_v2"
+    header = ["| configuration | avg bits | stored bits / weight | size (MB) | drop | " + ("top-1 agree |" if top1 else ""),
+              "|---|---|---|---|---|" + ("---|" if top1 else "")]
+
+    def row(name: str, m: dict) -> str:  # with the stored bits (scales included)
+        extra = f" {m['top1_agree']:.4f} |" if "top1_agree" in m else ""
+        return (f"| {name} | {m['average_weight_bits']:.2f} | {m['storage_bits_per_weight']:.2f} | "
+                f"{m['size_bytes'] / 1e6:.3f} | {m['drop']:.5f} |{extra}")
+
+    def table(c: dict) -> list[str]:
+        lines = header + [row(n, c[n]) for n in ("uniform_int8", "uniform_int8_bias_correction", "uniform_int4")
+                          if n in c]
+        for bits in AVERAGE_BITS:
+            at = c[f"avg_{bits}_bits"]
+            lines += [row(f"{n} @ {bits} bits", at[n]) for n in (
+                "hessian_ilp", "hessian_ilp_no_interactions", "random", "reverse_hessian", *EXTRA_SETS,
+                "hessian_ilp_all_formats", "measured_singles_ilp", "hessian_ilp_bias_correction") if n in at]
+        return lines
+
+    def ratios(c: dict) -> str:
+        five, int8 = c["avg_5_bits"], c["uniform_int8"]["drop"]
+        best = min(("hessian_ilp", *EXTRA_SETS, "hessian_ilp_all_formats"), key=lambda k: five[k]["drop"])
+        text = (f"at 5 bits hessian_ilp's drop is **{five['hessian_ilp']['drop'] / int8:.2f}x** uniform INT8's "
+                f"({int8:.5f}; goal <= 1.5x); the best Hessian ILP, {best} ({five[best]['formats']}), "
+                f"**{five[best]['drop'] / int8:.2f}x**")
+        if "uniform_int8_bias_correction" in c:
+            bc = c["uniform_int8_bias_correction"]["drop"]
+            text += (f"; with bias correction on every layer of both, hessian_ilp is "
+                     f"**{five['hessian_ilp_bias_correction']['drop'] / bc:.2f}x** uniform INT8's ({bc:.5f})")
+        return text + "."
+
+    oracle = comp["avg_5_bits"]["measured_singles_ilp"]
+    int8 = comp["uniform_int8"]["drop"]
+    return ["### GPTQ in every configuration, per-group INT4", "",
+            f"{g['algorithm']}. Every configuration within the size of section 2 at the same average bits (INT4 "
+            "per channel plus (bits - 4)/4 of the way to INT8, scales included): per-group INT4 pays its scales "
+            f"from that budget. Baselines on the pair {g['pair']}; "
+            + "; ".join(f"{k} chooses among {v} per layer" for k, v in g["extra_sets"].items())
+            + f"; hessian_ilp_all_formats among every candidate {r['candidates']}. The ILP "
+            f"ranks GPTQ's solutions under the `{g['error_model']}` error model; interactions measured at {low}. "
+            f"Analysis {g['analysis_seconds']:.0f} s, of which GPTQ solutions {g['gptq_seconds']:.0f} s. spearman "
+            f"(Omega at {low} with GPTQ vs measured drop of that layer alone): **{g['spearman_sensitivity']:.3f}**.",
+            "", *table(comp), "", "GPTQ on the 4-bit layers only: " + ratios(comp), "",
+            f"{g['every_layer']['algorithm']} ({g['every_layer']['seconds']:.0f} s):", "", *table(every), "",
+            "GPTQ on every layer: " + ratios(every), "",
+            f"Measured single-layer drops (each layer alone at {low} with GPTQ, or at INT8 round to nearest, on "
+            f"{r['eval_samples_single_layer']} evaluation samples): at 5 bits, the least sum over an assignment "
+            f"(each layer's drop at its format) is **{oracle['sum_of_measured_drops']:.5f}** = "
+            f"{oracle['sum_of_measured_drops'] / int8:.2f}x uniform INT8's drop; the least sum of the 4-bit drops "
+            f"of the layers left at 4 bits alone is {oracle['least_sum_of_measured_4bit_drops']:.5f} = "
+            f"{oracle['least_sum_of_measured_4bit_drops'] / int8:.2f}x (1.5x is {1.5 * int8:.5f}). "
+            f"measured_singles_ilp is that assignment: it measures {oracle['drop']:.5f}.", ""]
+
+
 def float_bytes(model: str) -> float:
     """Bytes of the float parameters no weight format changes (biases, norms, embeddings), from the graph."""
     task = TASKS[model]
@@ -440,22 +681,27 @@ def float_bytes(model: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="*", default=list(TASKS))
+    parser.add_argument("--eval-batches", type=int, help="fewer evaluation batches (a quick look, not evidence)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write (default docs/results)")
+    parser.add_argument("--cache", type=Path, help="keep the Hessian / interaction caches here (default: afresh)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     doc = {"bitsmith_version": bitsmith.__version__, "target": TARGET, "cpu": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "models": {}}
-    path = RESULTS / "mixed_precision.json"
+    results = args.results
+    path = results / "mixed_precision.json"
     if path.exists() and args.models != list(TASKS):
         doc["models"] = json.loads(path.read_text())["models"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     for model in args.models:
+        task = TASKS[model] if args.eval_batches is None else replace(TASKS[model], eval_batches=args.eval_batches)
         with tempfile.TemporaryDirectory(prefix="bitsmith-mp-") as cache:  # measured afresh, reused within the run
-            doc["models"][model] = run_task(TASKS[model], Path(cache), lambda m: print(m, flush=True))
+            doc["models"][model] = run_task(task, args.cache or Path(cache), lambda m: print(m, flush=True))
         for name, result in doc["models"].items():
             _size_relative_to_int8(name, result)
         path.write_text(json.dumps(doc, indent=1))
-        (RESULTS / "mixed_precision.md").write_text(render(doc))
-        plot(doc, RESULTS / "mixed_precision.png")
+        (results / "mixed_precision.md").write_text(render(doc))
+        plot(doc, results / "mixed_precision.png")
     print(render(doc))
 
 
