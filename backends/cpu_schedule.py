@@ -32,6 +32,7 @@ broadcast. Measured against ONNX Runtime on the zoo models: see the report in x8
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import tvm_ffi
@@ -48,6 +49,10 @@ PARALLEL_MIN_WORK = 1 << 14
 INLINE_PAD_MAX_REDUCTION = 25
 # Reductions this short (depthwise 3x3 and 5x5 convolutions, small pools) are unrolled whole.
 UNROLL_REDUCTION_MAX = 25
+# An injective block copied more than once by inlining (several consumers or reads) is inlined only while
+# each consumer stays this small (TVMScript characters of its body as a tree, copies included):
+# `_inline_producers`.
+INLINE_COPY_MAX_CHARS = 8000
 # Loops longer than this are never unrolled (code size and LLVM compile time).
 MAX_UNROLL = 32
 # Storage scope of per-tile buffers (accumulators, partial sums). On CPU, TVM lowers a "global" buffer
@@ -162,19 +167,69 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
 
 
 def _inline_producers(sch: s_tir.Schedule, keep: set[str]) -> None:
-    """Inline every injective block that can be inlined into its consumers, except `keep` names."""
+    """Inline every injective block that can be inlined into its consumers, except `keep` names and
+    those whose copies would grow a consumer past INLINE_COPY_MAX_CHARS.
+
+    Inlining copies the producer's expression once per read, so a chain of elementwise ops that read
+    their input several times (FP8 rounding reads |x|, its binade and its step more than once) grows
+    exponentially as a tree; TVM shares the copies in memory, but its simplifier and LLVM walk trees and
+    never finish. The tree sizes are tracked here (`_ExpressionSizes`) from the blocks as first seen,
+    since printing an inlined body is itself exponential."""
+    sizes = _ExpressionSizes(sch)
     changed = True
     while changed:
         changed = False
         for block in _blocks(sch):
             name = sch.get(block).name_hint
-            if name in keep or _is_reduction(sch, block):
+            if name in keep or _is_reduction(sch, block) or sizes.too_large_to_inline(sch, block):
                 continue
+            consumers = [sch.get(c).name_hint for c in sch.get_consumers(block)]
             try:
                 sch.compute_inline(block)
-                changed = True
             except Exception:  # an output block, or one whose consumers cannot take it
                 continue
+            sizes.inlined(name, consumers)
+            changed = True
+
+
+class _ExpressionSizes:
+    """Per block: the TVMScript size of its body as a tree, and how often it loads each buffer."""
+
+    def __init__(self, sch: s_tir.Schedule) -> None:
+        self.writes: dict[str, str] = {}
+        self.size: dict[str, int] = {}
+        self.loads: dict[str, dict[str, int]] = {}
+        blocks = [sch.get(b) for b in _blocks(sch)]
+        for stmt in blocks:
+            self.writes[stmt.name_hint] = stmt.writes[0].source.name if len(stmt.writes) == 1 else ""
+        for stmt in blocks:
+            text = str(stmt.body)
+            self.size[stmt.name_hint] = len(text)
+            self.loads[stmt.name_hint] = {buffer: len(re.findall(rf"(?<![\w.]){re.escape(buffer)}\[", text))
+                                          for buffer in self.writes.values() if buffer}
+
+    def too_large_to_inline(self, sch: s_tir.Schedule, block) -> bool:
+        """Whether inlining copies the block more than once (several consumers, or several reads by one)
+        and a consumer would then pass INLINE_COPY_MAX_CHARS. A single copy only adds: chains stay inlined."""
+        name = sch.get(block).name_hint
+        buffer = self.writes.get(name, "")
+        consumers = [sch.get(c).name_hint for c in sch.get_consumers(block)]
+        for consumer in consumers:
+            reads = self.loads.get(consumer, {}).get(buffer, 1)
+            copies = reads * len(consumers)
+            if copies > 1 and self.size.get(consumer, 0) + reads * self.size.get(name, 0) > INLINE_COPY_MAX_CHARS:
+                return True
+        return False
+
+    def inlined(self, name: str, consumers: list[str]) -> None:
+        buffer = self.writes[name]
+        for consumer in consumers:
+            if consumer not in self.loads:
+                continue
+            reads = self.loads[consumer].pop(buffer, 1)
+            self.size[consumer] += reads * self.size.get(name, 0)
+            for other, count in self.loads.get(name, {}).items():
+                self.loads[consumer][other] = self.loads[consumer].get(other, 0) + reads * count
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,12 +64,13 @@ def _dequantize_codes(codes: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 def _check_integer_activations(graph: Graph) -> None:
-    """The integer-exact mode replaces 8-bit integer activations by the reference's codes; activations in
-    other formats (FP8 is lowered, but computed in float) have no integer values to take."""
-    formats = sorted({v.quant.format for name, v in graph.values.items()
-                      if v.quant is not None and name not in graph.constants and v.quant.format not in ("int8", "uint8")})
+    """The integer-exact mode replaces integer activations (8-bit, and the int16 wide ones) by the
+    reference's codes; activations in other formats (FP8 is lowered, but computed in float) have no integer
+    values to take."""
+    formats = sorted({v.quant.format for name, v in graph.values.items() if v.quant is not None
+                      and name not in graph.constants and v.quant.format not in ("int8", "uint8", "int16")})
     if formats:
-        raise UnsupportedError(f"Simulator(integer_exact=True) simulates 8-bit integer activations; graph {graph.name!r} "
+        raise UnsupportedError(f"Simulator(integer_exact=True) simulates integer activations; graph {graph.name!r} "
                                f"quantizes activations as {', '.join(formats)}. Use the default fake-quant mode "
                                f"(integer_exact=False) for formats without integer kernels.")
 

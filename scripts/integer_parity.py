@@ -404,6 +404,9 @@ def per_format_markdown(results: dict) -> list[str]:
              "| top-1 = FP32 | ms per batch (this / FP32) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
+        if "error" in r:
+            lines.append(f"| {name} | {r['recipe']} | not compiled: {r['error']} |" + " |" * 11)
+            continue
         top1 = next((f"{o['top1_artifact_vs_fp32']:.3f}" for o in r["outputs"].values() if "top1_artifact_vs_fp32" in o), "")
         lines.append(f"| {name} | {r['recipe']} | {r['compared_with']} | {'yes' if r['bit_exact'] else 'no'} | "
                      f"{r['max_abs_diff']:.3g} ({r['max_abs_diff_rel']:.2g}) | {'yes' if r['within_tolerance'] else 'NO'} | "
@@ -435,7 +438,13 @@ def main() -> None:
             per_format = results["models"][name]["formats"]  # measure's recipe is in already
             for recipe in (r for r in args.formats if r not in per_format):
                 start = time.perf_counter()
-                per_format[recipe] = measure_format(name, recipe, Path(tmp) / "formats", fp32_artifact, args.format_repeat)
+                try:
+                    per_format[recipe] = measure_format(name, recipe, Path(tmp) / "formats", fp32_artifact,
+                                                        args.format_repeat)
+                except bitsmith.BitsmithError as exc:  # recorded, and the table says so
+                    per_format[recipe] = {"recipe": recipe, "error": f"{type(exc).__name__}: {exc}"[:1000]}
+                    print(f"{name} {recipe}: {per_format[recipe]['error']}", flush=True)
+                    continue
                 r = per_format[recipe]
                 print(f"{name} {recipe}: vs {r['compared_with']}: bit_exact={r['bit_exact']} max_abs_diff_rel="
                       f"{r['max_abs_diff_rel']:.3g} ({time.perf_counter() - start:.0f} s)", flush=True)

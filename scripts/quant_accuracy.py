@@ -32,6 +32,7 @@ BITSMITH_CONFIGS = ("w8a8", "w8_weight_only", "w4a8", "fp8_e4m3", "mxfp4_weights
 ORT_CONFIGS = {"ort_minmax_w8a8": "MinMax", "ort_entropy_w8a8": "Entropy", "ort_percentile_w8a8": "Percentile"}
 W8A8_OBSERVERS = ("percentile", "mse", "entropy", "minmax")
 SMOOTHQUANT_ALPHAS = (0.5, 0.7)
+SMOOTHED_OBSERVERS = 2  # how many of the best observers the smoothing sweep tries (best_w8a8)
 MASK_INPUT = "attention_mask"  # marks a transformer's real tokens; padding is not calibrated on
 
 Outputs = list[dict[str, np.ndarray]]
@@ -114,7 +115,7 @@ def evaluate(run: Runner, feeds: list[dict[str, np.ndarray]]) -> Outputs:
 def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outputs) -> tuple[QuantRecipe, dict]:
     """bitsmith's best W8A8 recipe, chosen on held-out *calibration* data (never on evaluation data):
     first the activation observer; then, for models with LayerNorm (transformers), SmoothQuant's alpha
-    with and without centering the LayerNorm outputs (channel_shift); last, whether bias correction
+    with and without centering the LayerNorm outputs (channel_shift) on the best observers; last, whether bias correction
     stays. Models with an attention mask calibrate on real tokens only (recipe option calibration_mask)."""
     extra = metric_extra(task, "calib", len(holdout) + len(calib))[len(calib):]
     key = _primary(task)
@@ -131,14 +132,18 @@ def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outpu
     scores = {name: score(recipe) for name, recipe in candidates.items()}
     chosen = better(scores, key=scores.get)
     if "LayerNormalization" in graph.op_counts():
-        base = candidates[chosen]
-        for alpha in SMOOTHQUANT_ALPHAS:
-            for shift in (False, True):
-                name = f"{chosen}+{'channel_shift+' if shift else ''}smoothquant(alpha={alpha})"
-                algorithms = ("channel_shift",) * shift + ("smoothquant", *base.algorithms)
-                candidates[name] = base.with_(algorithms=algorithms,
-                                              options={**base.options, "smoothquant_alpha": alpha})
-                scores[name] = score(candidates[name])
+        # smoothing changes which ranges clip best (MiniLM: MSE leads without it, min-max with it), so
+        # the SMOOTHED_OBSERVERS best observers each get every smoothing
+        ranked = sorted(scores, key=scores.get, reverse=better is max)[:SMOOTHED_OBSERVERS]
+        for observer in ranked:
+            base = candidates[observer]
+            for alpha in SMOOTHQUANT_ALPHAS:
+                for shift in (False, True):
+                    name = f"{observer}+{'channel_shift+' if shift else ''}smoothquant(alpha={alpha})"
+                    algorithms = ("channel_shift",) * shift + ("smoothquant", *base.algorithms)
+                    candidates[name] = base.with_(algorithms=algorithms,
+                                                  options={**base.options, "smoothquant_alpha": alpha})
+                    scores[name] = score(candidates[name])
         chosen = better(scores, key=scores.get)
     if "bias_correction" in candidates[chosen].algorithms:
         name = f"{chosen}-bias_correction"
