@@ -59,7 +59,7 @@ def cpu_shape(target: Target) -> CPUShape:
     else AVX2's vpmaddwd."""
     wide = target.vector_bits >= 512
     vnni = "avx512_vnni" in target.host_features and wide
-    dots = (x86_intrinsics.DOT_16X4_VNNI,) if vnni else ()
+    dots: tuple[x86_intrinsics.DotIntrinsic, ...] = (x86_intrinsics.DOT_16X4_VNNI,) if vnni else ()
     if "avx2" in target.host_features or wide:
         dots += (x86_intrinsics.DOT_8X2_AVX2_U8, x86_intrinsics.DOT_8X2_AVX2_I8)
     return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if wide else 16, int8_dots=dots)
