@@ -172,8 +172,8 @@ def _inline_producers(sch: s_tir.Schedule, keep: set[str]) -> None:
     """Inline every injective block that can be inlined into its consumers, except `keep` names and
     those whose copies would grow a consumer past INLINE_COPY_MAX_CHARS.
 
-    Inlining copies the producer's expression once per read, so a chain of elementwise ops that read
-    their input several times (FP8 rounding reads |x|, its binade and its step more than once) grows
+    Inlining copies the producer's expression into every consumer, once per read, so elementwise ops
+    that fan out and meet again (FP8 rounding uses |x|, its binade and its step in several ops) grow
     exponentially as a tree; TVM shares the copies in memory, but its simplifier and LLVM walk trees and
     never finish. The tree sizes are tracked here (`_ExpressionSizes`) from the blocks as first seen,
     since printing an inlined body is itself exponential."""
@@ -183,9 +183,11 @@ def _inline_producers(sch: s_tir.Schedule, keep: set[str]) -> None:
         changed = False
         for block in _blocks(sch):
             name = sch.get(block).name_hint
-            if name in keep or _is_reduction(sch, block) or sizes.too_large_to_inline(sch, block):
+            if name in keep or _is_reduction(sch, block):
                 continue
             consumers = [sch.get(c).name_hint for c in sch.get_consumers(block)]
+            if sizes.too_large_to_inline(name, consumers):
+                continue
             try:
                 sch.compute_inline(block)
             except Exception:  # an output block, or one whose consumers cannot take it
@@ -210,12 +212,10 @@ class _ExpressionSizes:
             self.loads[stmt.name_hint] = {buffer: len(re.findall(rf"(?<![\w.]){re.escape(buffer)}\[", text))
                                           for buffer in self.writes.values() if buffer}
 
-    def too_large_to_inline(self, sch: s_tir.Schedule, block) -> bool:
+    def too_large_to_inline(self, name: str, consumers: list[str]) -> bool:
         """Whether inlining copies the block more than once (several consumers, or several reads by one)
         and a consumer would then pass INLINE_COPY_MAX_CHARS. A single copy only adds: chains stay inlined."""
-        name = sch.get(block).name_hint
         buffer = self.writes.get(name, "")
-        consumers = [sch.get(c).name_hint for c in sch.get_consumers(block)]
         for consumer in consumers:
             reads = self.loads.get(consumer, {}).get(buffer, 1)
             copies = reads * len(consumers)
