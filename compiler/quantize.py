@@ -3,7 +3,7 @@
     graph = quantize(graph, preset("w8a8"), calibration)      # QuantSpecs on weights and activations
 
 Order: fold BatchNorm, canonicalize exporters' spellings (passes/canonicalize.py) -> algorithms that
-rescale weights and activations (SmoothQuant, AWQ) -> weight specs -> algorithms that rewrite weights
+rescale weights and activations (SmoothQuant, AWQ, depthwise equalization) -> weight specs -> algorithms that rewrite weights
 on a fixed grid or refine weight specs (GPTQ, FP format search) -> activation calibration -> algorithms
 that refine activation specs or biases (FP format search, bias correction). Each step is a pass in bitsmith.passes; the recipe says which run.
 """
@@ -21,6 +21,7 @@ from .passes.base import Pass
 from .passes.bias_correction import BiasCorrection
 from .passes.calibrate import Calibrate, check_calibration_feeds
 from .passes.canonicalize import Canonicalize
+from .passes.depthwise_equalization import DepthwiseEqualization
 from .passes.channel_shift import ChannelShift
 from .passes.fold_batchnorm import FoldBatchNorm
 from .passes.fp_search import FPSearchActivations, FPSearchWeights, parse_formats
@@ -71,6 +72,7 @@ def _fp_search_activations(recipe: QuantRecipe, feeds: Feeds) -> Pass:
 ALGORITHMS: dict[str, tuple[str, Callable[[QuantRecipe, Feeds], Pass]]] = {
     "channel_shift": ("before_weights", lambda recipe, feeds: ChannelShift(feeds, _sample_mask(recipe))),
     "smoothquant": ("before_weights", _smoothquant),
+    "depthwise_equalization": ("before_weights", lambda recipe, feeds: DepthwiseEqualization(feeds)),
     "awq": ("before_weights", _awq),
     "gptq": ("after_weights", _gptq),
     "fp_search_weights": ("after_weights", _fp_search_weights),

@@ -20,6 +20,11 @@ definition of that arithmetic, the exact mode runs the lowered graph (the one de
 the TVM artifact) next to the fake-quant graph and replaces every activation the lowering computes
 with the reference's value. Gradients are the fake-quant graph's (straight through the replacement),
 evaluated at the integer values, so autograd users see the deployed numerics.
+
+`float64=True` runs the same computation with float64 arithmetic (weights, inputs and every float value
+widened; each quantizer still rounds from float32, as the deployed one does). Its distance from the
+float32 simulation is how far float rounding alone moves the outputs: the yardstick for "equal within
+float rounding" between a compiled float-format artifact and the simulation (scripts/integer_parity.py).
 """
 
 from __future__ import annotations
@@ -100,15 +105,20 @@ class _IntegerReference:
         return exact
 
 
+def _widened(tensor: torch.Tensor) -> torch.Tensor:
+    """float32 (and narrower floats) as float64; other dtypes unchanged."""
+    return tensor.to(torch.float64) if tensor.is_floating_point() and tensor.dtype != torch.float64 else tensor
+
+
 class Simulator:
     """Runs `graph` with fake quantization (quantized=False: plain float, same code path).
 
     `quantize_activations=False` keeps activations in float while weights are fake-quantized (what
     calibration observes). `integer_exact=True` (8-bit integer activations) gives the integer reference's
-    values with the fake-quant graph's gradients (module docstring)."""
+    values with the fake-quant graph's gradients; `float64=True` computes in float64 (module docstring)."""
 
     def __init__(self, graph: Graph, quantized: bool = True, weights: Mapping[str, torch.Tensor] | None = None,
-                 quantize_activations: bool = True, integer_exact: bool = False):
+                 quantize_activations: bool = True, integer_exact: bool = False, float64: bool = False):
         self.graph = graph
         self.quantized = quantized
         self.constants = dict(weights) if weights is not None else self._constants()
@@ -118,6 +128,11 @@ class Simulator:
             raise UsageError("Simulator(integer_exact=True) simulates quantized activations: it needs "
                              "quantized=True and quantize_activations=True")
         self.integer = _IntegerReference(graph) if integer_exact else None
+        if float64 and integer_exact:
+            raise UsageError("Simulator: integer_exact=True computes with integers; float64=True does not apply")
+        self.float64 = float64
+        if float64:
+            self.constants = {name: _widened(t) for name, t in self.constants.items()}
 
     def _constants(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -133,6 +148,8 @@ class Simulator:
     def quantize_value(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """The activation `name` as this simulator sees it (fake-quantized when it carries a spec)."""
         spec = self.specs.get(name)
+        if self.float64:
+            tensor = _widened(tensor)
         return tensor if spec is None else fake_quant_activation(tensor, spec)
 
     def forward(self, inputs: Mapping[str, torch.Tensor], keep: Sequence[str] = (),
@@ -142,7 +159,8 @@ class Simulator:
         the lowering quantizes)."""
         env = {**self.constants, **(constants or {}), **inputs}
         if self.integer is None:
-            return execute(self.graph, env, set(keep), self.quantize_value if self.specs else None)
+            hook = self.quantize_value if self.specs or self.float64 else None
+            return execute(self.graph, env, set(keep), hook)
         reference = self.integer if not constants else _IntegerReference(self._with_constants(constants))
         exact = reference.values(inputs)
 

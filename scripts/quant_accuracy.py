@@ -23,6 +23,7 @@ import bitsmith
 from bitsmith import zoo
 from bitsmith.frontends.onnx import import_onnx
 from bitsmith.measure import classification_fidelity, cosine, mean_pooled, ort_run, ort_session
+from bitsmith.passes.depthwise_equalization import depthwise_pairs
 from bitsmith.quantize import quantize
 from bitsmith.recipes import PRESETS, QuantRecipe
 from bitsmith.simulate import Simulator
@@ -114,9 +115,10 @@ def evaluate(run: Runner, feeds: list[dict[str, np.ndarray]]) -> Outputs:
 # -- bitsmith ---------------------------------------------------------------------------------------
 def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outputs) -> tuple[QuantRecipe, dict]:
     """bitsmith's best W8A8 recipe, chosen on held-out *calibration* data (never on evaluation data):
-    first the activation observer; then, for models with LayerNorm (transformers), SmoothQuant's alpha
-    with and without centering the LayerNorm outputs (channel_shift) on the best observers; last, whether bias correction
-    stays. Models with an attention mask calibrate on real tokens only (recipe option calibration_mask)."""
+    first the activation observer; then, on the best observers, the rescalings the model has a place for
+    (`rescalings`: SmoothQuant with and without centering LayerNorm outputs, equalization into depthwise
+    convolutions); last, whether bias correction stays. Models with an attention mask calibrate on real
+    tokens only (recipe option calibration_mask)."""
     extra = metric_extra(task, "calib", len(holdout) + len(calib))[len(calib):]
     key = _primary(task)
     better = max if key in ("cosine", "accuracy", "agree_with_fp32") else min
@@ -131,20 +133,13 @@ def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outpu
     candidates = {f"observer={o}": base.with_(activation_observer=o) for o in W8A8_OBSERVERS}
     scores = {name: score(recipe) for name, recipe in candidates.items()}
     chosen = better(scores, key=scores.get)
-    if "LayerNormalization" in graph.op_counts():
-        # smoothing changes which ranges clip best (MiniLM: MSE leads without it, min-max with it), so
-        # the SMOOTHED_OBSERVERS best observers each get every smoothing
-        ranked = sorted(scores, key=scores.get, reverse=better is max)[:SMOOTHED_OBSERVERS]
-        for observer in ranked:
-            base = candidates[observer]
-            for alpha in SMOOTHQUANT_ALPHAS:
-                for shift in (False, True):
-                    name = f"{observer}+{'channel_shift+' if shift else ''}smoothquant(alpha={alpha})"
-                    algorithms = ("channel_shift",) * shift + ("smoothquant", *base.algorithms)
-                    candidates[name] = base.with_(algorithms=algorithms,
-                                                  options={**base.options, "smoothquant_alpha": alpha})
-                    scores[name] = score(candidates[name])
-        chosen = better(scores, key=scores.get)
+    # rescalings change which ranges clip best (MiniLM: MSE leads without smoothing, min-max with it), so
+    # the SMOOTHED_OBSERVERS best observers each get every rescaling the model has a place for
+    ranked = sorted(scores, key=scores.get, reverse=better is max)[:SMOOTHED_OBSERVERS]
+    for observer in ranked:
+        for name, recipe in rescalings(graph, observer, candidates[observer]).items():
+            candidates[name], scores[name] = recipe, score(recipe)
+    chosen = better(scores, key=scores.get)
     if "bias_correction" in candidates[chosen].algorithms:
         name = f"{chosen}-bias_correction"
         candidates[name] = candidates[chosen].with_(
@@ -152,6 +147,23 @@ def best_w8a8(graph, task: Task, calib: list, holdout: list, holdout_fp32: Outpu
         scores[name] = score(candidates[name])
         chosen = better(scores, key=scores.get)
     return candidates[chosen].with_(name=f"w8a8[{chosen}]"), scores
+
+
+def rescalings(graph, observer: str, base: QuantRecipe) -> dict[str, QuantRecipe]:
+    """The rescaling variants of `base` worth trying on this model: SmoothQuant's alphas with and without
+    channel_shift where LayerNorms feed MatMuls (transformers), depthwise_equalization where convolutions
+    feed depthwise ones through Relu / Clip (MobileNets)."""
+    variants = {}
+    if "LayerNormalization" in graph.op_counts():
+        for alpha in SMOOTHQUANT_ALPHAS:
+            for shift in (False, True):
+                algorithms = ("channel_shift",) * shift + ("smoothquant", *base.algorithms)
+                variants[f"{observer}+{'channel_shift+' if shift else ''}smoothquant(alpha={alpha})"] = base.with_(
+                    algorithms=algorithms, options={**base.options, "smoothquant_alpha": alpha})
+    if depthwise_pairs(graph):
+        variants[f"{observer}+depthwise_equalization"] = base.with_(
+            algorithms=("depthwise_equalization", *base.algorithms))
+    return variants
 
 
 def _primary(task: Task) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from bitsmith import zoo
 from bitsmith.errors import UsageError
-from bitsmith.formats import fake_quant
+from bitsmith.formats import choose_spec, fake_quant
 from bitsmith.frontends.onnx import import_onnx
 from bitsmith.interpreter import run_graph, run_node
 from bitsmith.ir import Graph, Node
@@ -24,6 +24,7 @@ from bitsmith.measure import max_rel_err
 from bitsmith.passes.awq import AWQ
 from bitsmith.passes.calibrate import masked_rows
 from bitsmith.passes.channel_shift import ChannelShift
+from bitsmith.passes.depthwise_equalization import MAX_GAIN, DepthwiseEqualization, depthwise_pairs
 from bitsmith.passes.fold_batchnorm import FoldBatchNorm
 from bitsmith.passes.fp_search import RATIOS, candidate_formats, search_weight_spec
 from bitsmith.passes.gptq import gptq_weight, layer_hessians
@@ -108,7 +109,8 @@ def test_algorithms_are_registered_at_their_stages():
     stages = {name: stage for name, (stage, _) in ALGORITHMS.items()}
     assert stages == {"bias_correction": "after_calibration", "smoothquant": "before_weights",
                       "awq": "before_weights", "gptq": "after_weights", "fp_search_weights": "after_weights",
-                      "fp_search_activations": "after_calibration", "channel_shift": "before_weights"}
+                      "fp_search_activations": "after_calibration", "channel_shift": "before_weights",
+                      "depthwise_equalization": "before_weights"}
 
 
 def test_awq_without_weight_format_is_a_usage_error(minilm):
@@ -204,6 +206,67 @@ def test_smoothquant_improves_w8a8_minilm(minilm):
     assert plain < 0.990  # measured 0.988
     assert smoothed > plain + 0.002  # measured 0.991
     assert stronger > plain + 0.007  # measured 0.998
+
+
+# -- depthwise equalization ----------------------------------------------------------------------------
+def conv_relu_depthwise() -> tuple[Graph, list[dict[str, np.ndarray]]]:
+    """x -> 1x1 Conv (4 channels, output ranges 8, 1, 0.1 and never positive) -> Relu -> depthwise 3x3."""
+    graph = Graph(name="conv_relu_depthwise")
+    graph.add_value("x", (2, 3, 6, 6), "float32")
+    graph.inputs = ["x"]
+    rng = np.random.default_rng(0)
+    rows = np.abs(rng.standard_normal((4, 3, 1, 1))).astype(np.float32) * np.float32([8, 1, 0.1, -1]).reshape(4, 1, 1, 1)
+    graph.add_constant("w", rows)
+    graph.add_constant("wd", rng.standard_normal((4, 1, 3, 3)).astype(np.float32))
+    graph.add_constant("bd", rng.standard_normal(4).astype(np.float32))
+    graph.add_value("p", (2, 4, 6, 6), "float32")
+    graph.add_value("a", (2, 4, 6, 6), "float32")
+    graph.add_value("y", (2, 4, 6, 6), "float32")
+    conv = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1}
+    graph.nodes = [Node("Conv", "p", ["x", "w"], ["p"], conv), Node("Relu", "a", ["p"], ["a"], {}),
+                   Node("Conv", "d", ["a", "wd", "bd"], ["y"], {**conv, "pads": [1, 1, 1, 1], "group": 4})]
+    graph.outputs = ["y"]
+    return graph, [{"x": np.abs(rng.standard_normal((2, 3, 6, 6))).astype(np.float32)} for _ in range(2)]
+
+
+def test_depthwise_equalization_raises_narrow_channels_and_keeps_relu_outputs():
+    graph, feeds = conv_relu_depthwise()
+    equalized = DepthwiseEqualization(feeds)(graph.copy())
+    gains = (equalized.constants["w"] / graph.constants["w"]).reshape(4, -1)[:, 0]
+    assert gains[0] == 1.0 and gains[1] == pytest.approx(4.0, rel=0.3) and gains[2] == MAX_GAIN and gains[3] == 1.0
+    for feed in feeds:
+        assert max_rel_err(run_graph(equalized, feed), run_graph(graph, feed)) < 1e-6
+
+
+def test_depthwise_equalization_gives_mobilenet_activations_more_codes(mobilenet):
+    """Every MobileNetV2 block's Conv -> Clip(0, 6) -> depthwise chain (17) is equalized on 16 calibration
+    crops; the float model moves only where a raised channel would pass its new clip, and per-tensor uint8
+    codes of the activations (range: the calibration maximum) lose less on evaluation crops: squared error
+    0.08x-0.83x of before (measured). With 4 calibration crops the 7x7 maps of the last blocks lose instead
+    (3-22x): their channel maxima come from too few positions, and raised channels pass the range."""
+    calibration = zoo.inputs("mobilenet_v2", 8, batch=2, split="calib")
+    pairs = depthwise_pairs(mobilenet.graph)
+    assert len(pairs) == 17
+    equalized = DepthwiseEqualization(calibration)(mobilenet.graph.copy())
+    for feed in mobilenet.evaluation:
+        assert max_rel_err(run_graph(equalized, feed), run_graph(mobilenet.graph, feed)) < 1e-3
+    names = [pair.activation.outputs[0] for pair in pairs]
+    errors = []
+    for graph in (mobilenet.graph, equalized):
+        highs = {name: 0.0 for name in names}
+        for values in float_inputs(graph, calibration, names):
+            highs = {name: max(high, float(values[name].max())) for name, high in highs.items()}
+        values = next(float_inputs(graph, mobilenet.evaluation, names))
+        errors.append([])
+        for pair, name in zip(pairs, names):
+            weight = pair.producer.inputs[1]
+            rows = graph.constants[weight] / mobilenet.graph.constants[weight]
+            gains = rows.reshape(len(rows), -1)[:, 0].reshape(1, -1, 1, 1)  # 1 before equalization
+            spec = choose_spec(None, "uint8", symmetric=False, amin=np.float32(0), amax=np.float32(highs[name]))
+            x = values[name].numpy()
+            errors[-1].append(float((((fake_quant(x, spec) - x) / gains) ** 2).mean()))
+    ratios = np.array(errors[1]) / np.array(errors[0])
+    assert np.median(ratios) < 0.75 and ratios.max() < 1.0, np.round(ratios, 2)  # measured 0.64, 0.83
 
 
 # -- GPTQ ----------------------------------------------------------------------------------------------

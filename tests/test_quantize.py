@@ -5,7 +5,7 @@ import pytest
 from onnx import helper
 
 from bitsmith import zoo
-from bitsmith.errors import DataError, IRError
+from bitsmith.errors import DataError, IRError, UsageError
 from bitsmith.formats import fake_quant
 from bitsmith.frontends.onnx import import_onnx
 from bitsmith.passes.quant_points import activation_points, check_ties, tied_groups, weight_points
@@ -56,6 +56,20 @@ def test_weight_only_recipe_leaves_activations_float():
     quantized = {n for n, v in q.values.items() if v.quant is not None}
     assert quantized == {"wa", "wb", "wm"}
 
+
+
+def test_float64_simulation_differs_from_float32_by_float_rounding_only():
+    """Simulator(float64=True): float64 outputs, within float32 rounding of the float32 simulation when no
+    rounding boundary lies between them (W8 weight-only: weights quantized, activations float)."""
+    graph = concat_pool_graph()
+    feeds = {"x": randn(2, 3, 8, 8)}
+    q = quantize(graph, PRESETS["w8_weight_only"], [feeds])
+    single, double = Simulator(q).run(feeds), Simulator(q, float64=True).run(feeds)
+    for name in graph.outputs:
+        assert double[name].dtype == np.float64
+        assert np.abs(single[name] - double[name]).max() <= 1e-5 * np.abs(double[name]).max()
+    with pytest.raises(UsageError, match="float64"):
+        Simulator(quantize(graph, PRESETS["w8a8"], [feeds]), integer_exact=True, float64=True)
 
 def test_simulated_weights_are_exactly_the_formats_fake_quant():
     q = quantize(concat_pool_graph(), QuantRecipe("w4", weights="int4", activations=None), [])
