@@ -81,10 +81,15 @@ FORMAT_EVAL_BATCHES = 2
 # (one FP8 code), and the following layers carry it to that sample's outputs; the float32 Simulator crosses
 # such boundaries against float64 just as the artifact does (measured: MiniLM's FP8 outputs move by 11% of
 # their range between float32 and float64). The kernels' own rounding (QuantizeFloat's ties, subnormals and
-# saturation) is tested bit for bit on sweeps (tests/test_lowprecision.py). For FP8 the share of samples
-# within FLOAT_ROUNDING and the difference over FP8's own error (max |Simulator - FP32|) are reported too.
+# saturation) is tested bit for bit on sweeps (tests/test_lowprecision.py). Such a crossing is a rare event:
+# on a shallow net the float32 Simulator may happen to cross none against float64 on the samples where the
+# artifact crosses one (onet: 2 of 100 samples). So FP8 rows are also within tolerance when the crossings stay
+# on few samples: at least FP8_SAMPLES_WITHIN of them within FLOAT_ROUNDING of the Simulator, and no output
+# farther from it than FP8_ERROR_SHARE of FP8's own error, max |Simulator - FP32|.
 FLOAT_ROUNDING = 1e-5
 FLOAT_NOISE_FACTOR = 10.0
+FP8_SAMPLES_WITHIN = 0.95
+FP8_ERROR_SHARE = 0.25
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -295,12 +300,15 @@ def format_record(name: str, recipe_name: str, compiled: Compiled, runs: dict[st
             within_tolerance &= same
         else:
             entry.update(float_rounding_check(ours, arrays, span))
-            within_tolerance &= entry["within_float_rounding"]
         if fp8:
             per_sample = np.abs(ours - theirs).reshape(len(ours), -1).max(axis=1)
             error = float(np.abs(arrays["simulator"] - arrays["fp32"]).max()) or 1.0
             entry["samples_within_float_rounding"] = float(np.mean(per_sample <= FLOAT_ROUNDING * span))
             entry["diff_over_fp8_error"] = diff / error
+            entry["within_float_rounding"] |= (entry["samples_within_float_rounding"] >= FP8_SAMPLES_WITHIN
+                                               and entry["diff_over_fp8_error"] <= FP8_ERROR_SHARE)
+        if not exact:
+            within_tolerance &= entry["within_float_rounding"]
         if o == CLASS_OUTPUT.get(name):
             top1 = {k: a.argmax(-1) for k, a in arrays.items()}
             entry["top1_artifact_vs_fp32"] = float(np.mean(top1["tvm"] == top1["fp32"]))
@@ -356,7 +364,9 @@ def write_markdown(results: dict, path: Path) -> None:
         f"real evaluation inputs. CPU: {results['cpu']}, {results['cpus']} logical CPUs (shared: timings drift; "
         f"load average {results['load_average_start'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} "
         "at the end). "
-        "Written by `scripts/integer_parity.py`.",
+        "Written by `scripts/integer_parity.py`." + (
+            f" Kept from an earlier run (this run measured the others): {', '.join(results['kept_from_earlier_run'])}."
+            if results.get("kept_from_earlier_run") else ""),
         "",
         "| model | samples | bit-exact | max abs diff | integer-exact sim vs integer: max abs diff "
         "| ops before / after lowering | Q/DQ left | artifact bytes (W8A8 / FP32) | FP32 ONNX bytes "
@@ -426,7 +436,9 @@ def per_format_markdown(results: dict) -> list[str]:
              f"within float rounding: max |diff| / max |FP32 output| at most {FLOAT_ROUNDING:g}, or the artifact no "
              f"farther than {FLOAT_NOISE_FACTOR:g}x the float32 Simulator from the same computation in float64, "
              "the columns artifact / Simulator vs float64; deep nets and FP8 activations, whose rounding boundaries "
-             "a float32 sum-order difference can cross, need the second). Weights: the bytes stored per "
+             "a float32 sum-order difference can cross, need the second; or, with FP8 activations, crossings on few "
+             f"samples: at least {FP8_SAMPLES_WITHIN:.0%} of them within {FLOAT_ROUNDING:g} and every difference at "
+             f"most {FP8_ERROR_SHARE:g} of FP8's own error max |Simulator - FP32|). Weights: the bytes stored per "
              "quantized weight (codes, 4-bit ones two per "
              "byte, plus the scales of weights decoded at load); ops after lowering count those run per "
              "inference, + those run once at load (weight decoding). Emulated: formats without a native kernel "
@@ -450,6 +462,18 @@ def per_format_markdown(results: dict) -> list[str]:
     return lines
 
 
+def previous_models(args: argparse.Namespace) -> dict:
+    """The models of an earlier run with the same recipe and formats, kept when this run measures only
+    some of them (--models); re-measured ones are replaced, in PLAN's order."""
+    path = args.results / "integer_parity.json"
+    if set(args.models) == set(PLAN) or not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("recipe") != args.recipe or earlier.get("formats") != args.formats:
+        return {}
+    return {name: record for name, record in earlier["models"].items() if name not in args.models}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(PLAN), choices=list(PLAN))
@@ -462,11 +486,13 @@ def main() -> None:
     args = parser.parse_args()
     results = {"recipe": args.recipe, "formats": args.formats, "format_eval_batches": FORMAT_EVAL_BATCHES,
                "cpu": cpu_name(), "cpus": os.cpu_count(), "versions": versions(),
-               "load_average_start": os.getloadavg(), "models": {}}
+               "load_average_start": os.getloadavg(), "models": previous_models(args)}
+    results["kept_from_earlier_run"] = sorted(results["models"])
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             start = time.perf_counter()
             results["models"][name] = measure(name, args.recipe, Path(tmp), args.repeat)
+            results["models"] = {n: results["models"][n] for n in PLAN if n in results["models"]}
             print(f"{name}: bit_exact={results['models'][name]['bit_exact']} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
             fp32_artifact = bitsmith.Artifact.load(Path(tmp) / f"{name}-fp32")  # measure's FP32 build
