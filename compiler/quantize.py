@@ -3,9 +3,10 @@
     graph = quantize(graph, preset("w8a8"), calibration)      # QuantSpecs on weights and activations
 
 Order: fold BatchNorm, canonicalize exporters' spellings (passes/canonicalize.py) -> algorithms that
-rescale weights and activations (SmoothQuant, AWQ, depthwise equalization) -> weight specs -> algorithms that rewrite weights
-on a fixed grid or refine weight specs (GPTQ, FP format search) -> activation calibration -> algorithms
-that refine activation specs or biases (FP format search, bias correction). Each step is a pass in bitsmith.passes; the recipe says which run.
+rescale weights and activations (SmoothQuant, AWQ, depthwise equalization) -> weight specs -> algorithms
+that rewrite weights on a fixed grid or refine weight specs (GPTQ, FP format search) -> activation
+calibration -> algorithms that refine activation specs or biases (FP format search, bias correction).
+Each step is a pass in bitsmith.passes; the recipe says which run.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from .passes.base import Pass
 from .passes.bias_correction import BiasCorrection
 from .passes.calibrate import Calibrate, check_calibration_feeds
 from .passes.canonicalize import Canonicalize
-from .passes.depthwise_equalization import DepthwiseEqualization
 from .passes.channel_shift import ChannelShift
+from .passes.depthwise_equalization import DepthwiseEqualization
 from .passes.fold_batchnorm import FoldBatchNorm
 from .passes.fp_search import FPSearchActivations, FPSearchWeights, parse_formats
 from .passes.gptq import GPTQ

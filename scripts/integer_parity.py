@@ -259,14 +259,14 @@ def measure_format(name: str, recipe_name: str, workdir: Path, fp32_artifact: bi
     compile_s = time.perf_counter() - start
     assert compiled.quantized is not None
     simulator, fp32 = Simulator(compiled.quantized), Simulator(compiled.graph, quantized=False)
-    runs: dict[str, dict[str, list[np.ndarray]]] = {o: {"tvm": [], "reference": [], "simulator": [], "fp32": []}
-                                                    for o in compiled.graph.outputs}
-    exact = Simulator(compiled.quantized, float64=True)
-    for o in runs:
-        runs[o]["float64"] = []
+    runners = {"tvm": compiled.artifact.run, "reference": lambda f: run_graph(compiled.lowered, f),
+               "simulator": simulator.run, "fp32": fp32.run}
+    if not integer_kernels(compiled.quantized):  # the float64 yardstick of the float formats (FLOAT_ROUNDING)
+        runners["float64"] = Simulator(compiled.quantized, float64=True).run
+    runs: dict[str, dict[str, list[np.ndarray]]] = {o: {kind: [] for kind in runners} for o in compiled.graph.outputs}
     for f in feeds:
-        for kind, result in (("tvm", compiled.artifact.run(f)), ("reference", run_graph(compiled.lowered, f)),
-                             ("simulator", simulator.run(f)), ("fp32", fp32.run(f)), ("float64", exact.run(f))):
+        for kind, run in runners.items():
+            result = run(f)
             for o in compiled.graph.outputs:
                 runs[o][kind].append(result[o])
     return format_record(name, recipe_name, compiled, runs, feeds, fp32_artifact, repeat, compile_s)
@@ -300,14 +300,13 @@ def format_record(name: str, recipe_name: str, compiled: Compiled, runs: dict[st
             within_tolerance &= same
         else:
             entry.update(float_rounding_check(ours, arrays, span))
-        if fp8:
-            per_sample = np.abs(ours - theirs).reshape(len(ours), -1).max(axis=1)
-            error = float(np.abs(arrays["simulator"] - arrays["fp32"]).max()) or 1.0
-            entry["samples_within_float_rounding"] = float(np.mean(per_sample <= FLOAT_ROUNDING * span))
-            entry["diff_over_fp8_error"] = diff / error
-            entry["within_float_rounding"] |= (entry["samples_within_float_rounding"] >= FP8_SAMPLES_WITHIN
-                                               and entry["diff_over_fp8_error"] <= FP8_ERROR_SHARE)
-        if not exact:
+            if fp8:
+                per_sample = np.abs(ours - theirs).reshape(len(ours), -1).max(axis=1)
+                error = float(np.abs(arrays["simulator"] - arrays["fp32"]).max()) or 1.0
+                entry["samples_within_float_rounding"] = float(np.mean(per_sample <= FLOAT_ROUNDING * span))
+                entry["diff_over_fp8_error"] = diff / error
+                entry["within_float_rounding"] |= (entry["samples_within_float_rounding"] >= FP8_SAMPLES_WITHIN
+                                                   and entry["diff_over_fp8_error"] <= FP8_ERROR_SHARE)
             within_tolerance &= entry["within_float_rounding"]
         if o == CLASS_OUTPUT.get(name):
             top1 = {k: a.argmax(-1) for k, a in arrays.items()}
@@ -464,7 +463,7 @@ def per_format_markdown(results: dict) -> list[str]:
 
 def previous_models(args: argparse.Namespace) -> dict:
     """The models of an earlier run with the same recipe and formats, kept when this run measures only
-    some of them (--models); re-measured ones are replaced, in PLAN's order."""
+    some of them (--models); re-measured ones are replaced."""
     path = args.results / "integer_parity.json"
     if set(args.models) == set(PLAN) or not path.exists():
         return {}
@@ -492,7 +491,6 @@ def main() -> None:
         for name in args.models:
             start = time.perf_counter()
             results["models"][name] = measure(name, args.recipe, Path(tmp), args.repeat)
-            results["models"] = {n: results["models"][n] for n in PLAN if n in results["models"]}
             print(f"{name}: bit_exact={results['models'][name]['bit_exact']} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
             fp32_artifact = bitsmith.Artifact.load(Path(tmp) / f"{name}-fp32")  # measure's FP32 build
@@ -510,6 +508,7 @@ def main() -> None:
                 print(f"{name} {recipe}: vs {r['compared_with']}: bit_exact={r['bit_exact']} max_abs_diff_rel="
                       f"{r['max_abs_diff_rel']:.3g} ({time.perf_counter() - start:.0f} s)", flush=True)
     results["load_average_end"] = os.getloadavg()
+    results["models"] = {n: results["models"][n] for n in PLAN if n in results["models"]}  # kept ones mixed in
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "integer_parity.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     write_markdown(results, args.results / "integer_parity.md")

@@ -333,7 +333,6 @@ def test_rnet_artifact_equals_its_reference(rnet):
             assert within >= 0.95 and ratio <= 0.25, (output, within, ratio)  # measured: 1.0 and 0 on these 32
 
 
-
 def test_fp8_artifact_is_as_close_to_the_float64_computation_as_the_simulator(rnet):
     """The FP8 criterion of scripts/integer_parity.py (deep nets: ppocr_det, MiniLM): the fake-quant
     Simulator run in float64 is the nearly exact value; the artifact is no farther from it than twice the
@@ -347,6 +346,7 @@ def test_fp8_artifact_is_as_close_to_the_float64_computation_as_the_simulator(rn
                                       for run in (compiled.artifact.run, simulator.run, exact.run))
         simulator_noise = np.abs(simulated - reference).max()
         assert np.abs(ours - reference).max() <= 2 * simulator_noise + 1e-6 * np.abs(reference).max(), output
+
 
 def test_rnet_weights_are_stored_packed(rnet):
     """weights.safetensors holds half a byte per 4-bit weight and a byte per 8-bit one, plus the scales
