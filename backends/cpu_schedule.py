@@ -36,9 +36,11 @@ import re
 from dataclasses import dataclass
 
 import tvm_ffi
-from tvm import ir, s_tir, tirx
+from tvm import ir, relax, s_tir, tirx
 from tvm.ir.transform import PassContext, module_pass
 from tvm.s_tir import meta_schedule
+
+from .relax_emit import WEIGHT_CODE_BOUNDS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class DotIntrinsic:
     depth: int
     broadcast_ops: int = 1  # instructions to broadcast one row's `depth` activation codes
     scratch_registers: int = 1  # vector registers it needs besides accumulators and weight vectors
+    weight_code_max: int | None = None  # exact only for weights whose codes are this small (None: any int8)
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,10 @@ class ScheduleCPU:  # pylint: disable=too-few-public-methods
 
     def transform_module(self, mod: ir.IRModule, _ctx: PassContext) -> ir.IRModule:
         updates = {}
+        bounds = weight_code_bounds(mod)
         for gvar, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and not _is_scheduled(func):
-                scheduled = schedule_prim_func(func, self.cpu, gvar.name_hint)
+                scheduled = schedule_prim_func(func, self.cpu, gvar.name_hint, bounds.get(gvar.name_hint, {}))
                 if scheduled is not None:
                     updates[gvar] = scheduled.with_attr("tirx.is_scheduled", True)
         for gvar, func in updates.items():
@@ -113,26 +117,68 @@ class ScheduleCPU:  # pylint: disable=too-few-public-methods
         return mod
 
 
+def weight_code_bounds(mod: ir.IRModule) -> dict[str, dict[str, int]]:
+    """PrimFunc name -> {buffer name: largest |code| it holds}, for the integer weights the emitter
+    bounded (relax_emit.WEIGHT_CODE_BOUNDS_ATTR on the Relax function calling the PrimFunc). A buffer
+    counts only when every call passes it a bounded variable; the bound is the largest over the calls."""
+    per_call: dict[str, list[dict[int, int]]] = {}
+    for _, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or func.attrs is None or WEIGHT_CODE_BOUNDS_ATTR not in func.attrs:
+            continue
+        bounded = {str(name): int(bound) for name, bound in func.attrs[WEIGHT_CODE_BOUNDS_ATTR].items()}
+        names = [var.name for var in _defined_vars(func)]
+        unique = {name for name in names if names.count(name) == 1}
+        for call in _call_tirs(func):
+            args = list(call.args[1].fields) if isinstance(call.args[1], relax.Tuple) else [call.args[1]]
+            per_call.setdefault(call.args[0].name_hint, []).append(
+                {i: bounded[arg.name] for i, arg in enumerate(args)
+                 if isinstance(arg, relax.Var) and arg.name in bounded and arg.name in unique})
+    bounds: dict[str, dict[str, int]] = {}
+    for name, calls in per_call.items():
+        prim = next((f for g, f in mod.functions_items() if g.name_hint == name), None)
+        if not isinstance(prim, tirx.PrimFunc):
+            continue
+        common = set.intersection(*(set(call) for call in calls))
+        bounds[name] = {prim.params[i].name: max(call[i] for call in calls) for i in common if i < len(prim.params)}
+    return bounds
+
+
+def _defined_vars(func: relax.Function) -> list[relax.Var]:
+    variables = list(func.params)
+    for block in func.body.blocks:
+        variables += [binding.var for binding in block.bindings]
+    return variables
+
+
+def _call_tirs(func: relax.Function) -> list[relax.Call]:
+    call_tir = ir.Op.get("relax.call_tir")
+    return [b.value for block in func.body.blocks for b in block.bindings
+            if isinstance(b.value, relax.Call) and b.value.op.same_as(call_tir)]
+
+
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
     return func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"])
 
 
-def schedule_prim_func(func: tirx.PrimFunc, cpu: CPUShape, name: str = "") -> tirx.PrimFunc | None:
+def schedule_prim_func(func: tirx.PrimFunc, cpu: CPUShape, name: str = "",
+                       weight_bounds: dict[str, int] | None = None) -> tirx.PrimFunc | None:
     """The scheduled function, or None when no rule applies (the caller keeps the original).
+    `weight_bounds`: buffer name -> largest |code| of the integer weights it holds (weight_code_bounds).
 
     Logs (DEBUG, logger bitsmith.backends.cpu_schedule) which rule scheduled each PrimFunc, and why
     the earlier ones did not: the first thing to read when a kernel is slow."""
     name = name or _func_name(func)
-    for rule in (schedule_tiled_reduction, schedule_loops):
+    rules = (lambda f, c: schedule_tiled_reduction(f, c, weight_bounds or {}), schedule_loops)
+    for rule_name, rule in zip(("schedule_tiled_reduction", "schedule_loops"), rules):
         try:
             scheduled = rule(func, cpu)
         except Exception as exc:  # a schedule primitive refused: try the next rule
-            log.debug("%s: rule %s failed: %s", name, rule.__name__, str(exc).splitlines()[0] if str(exc) else exc)
+            log.debug("%s: rule %s failed: %s", name, rule_name, str(exc).splitlines()[0] if str(exc) else exc)
             continue
         if scheduled is not None:
-            log.debug("%s: scheduled by %s", name, rule.__name__)
+            log.debug("%s: scheduled by %s", name, rule_name)
             return scheduled
-        log.debug("%s: rule %s does not apply", name, rule.__name__)
+        log.debug("%s: rule %s does not apply", name, rule_name)
     log.debug("%s: left unscheduled", name)
     return None
 
@@ -278,14 +324,16 @@ class _Tiling:
     rows_tile: int
 
 
-def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFunc | None:
+def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape,
+                             weight_bounds: dict[str, int] | None = None) -> tirx.PrimFunc | None:
     """Rule 1 (see the module docstring); None when the function has no suitable anchor block.
 
     An 8-bit x int8 -> int32 reduction first tries the tiled schedule with its innermost `lanes`
-    columns x `depth` reduction steps as one of the CPU's dot-product intrinsics."""
+    columns x `depth` reduction steps as one of the CPU's dot-product intrinsics; one exact only for
+    small weight codes only where `weight_bounds` (buffer name -> largest |code|) says they are."""
     for dot in cpu.int8_dots:
         try:
-            scheduled = _tiled_reduction(func, cpu, dot)
+            scheduled = _tiled_reduction(func, cpu, dot, weight_bounds or {})
             if scheduled is not None:
                 return scheduled
         except Exception as exc:  # no match for the intrinsic: the next one, then the plain tiled schedule
@@ -293,13 +341,14 @@ def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape) -> tirx.PrimFun
     return _tiled_reduction(func, cpu, None)
 
 
-def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | None) -> tirx.PrimFunc | None:
+def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | None,
+                     weight_bounds: dict[str, int] | None = None) -> tirx.PrimFunc | None:
     sch = s_tir.Schedule(func)
     parts = _anchor_with_neighbours(sch)
     if parts is None:
         return None
     anchor, producers, consumers = parts
-    if dot is not None and not _is_int8_dot(sch, anchor, dot.activation_dtype):
+    if dot is not None and not _is_int8_dot(sch, anchor, dot, weight_bounds or {}):
         return None
     loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
     lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
@@ -341,13 +390,16 @@ def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | Non
     return packed if dot is None else _tensorize_dot(packed, sch.get(anchor).name_hint, dot.name)  # anchor: the update block
 
 
-def _is_int8_dot(sch: s_tir.Schedule, block, activation_dtype: str) -> bool:
-    """Whether the block accumulates int32 products of an `activation_dtype` and an int8 operand (QConv /
-    QMatMul; for int8 x int8 the first read is the activation)."""
+def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: dict[str, int]) -> bool:
+    """Whether the block accumulates int32 products of a `dot.activation_dtype` and an int8 operand (QConv /
+    QMatMul; for int8 x int8 the first read is the activation) whose codes are small enough for `dot`."""
     stmt = sch.get(block)
-    dtypes = [str(r.source.dtype) for r in stmt.reads if r.source.name != stmt.writes[0].source.name]
-    return (str(stmt.writes[0].source.dtype) == "int32" and len(dtypes) == 2 and dtypes[0] == activation_dtype
-            and dtypes[1] == "int8")
+    reads = [r.source for r in stmt.reads if r.source.name != stmt.writes[0].source.name]
+    dtypes = [str(buffer.dtype) for buffer in reads]
+    if not (str(stmt.writes[0].source.dtype) == "int32" and len(dtypes) == 2 and dtypes[0] == dot.activation_dtype
+            and dtypes[1] == "int8"):
+        return False
+    return dot.weight_code_max is None or weight_bounds.get(reads[1].name, dot.weight_code_max + 1) <= dot.weight_code_max
 
 
 def _tensorize_dot(func: tirx.PrimFunc, anchor_name: str, intrinsic: str) -> tirx.PrimFunc:

@@ -60,7 +60,7 @@ ORT_VERSION_CHECKED = "1.31"
 
 # format -> (ml_dtypes / numpy element type of the stored codes, lowest opset that has it in Q/DQ)
 ELEMENT_TYPES: dict[str, tuple[type, int]] = {
-    "int8": (np.int8, 13), "uint8": (np.uint8, 13), "int16": (np.int16, 21),
+    "int8": (np.int8, 13), "uint8": (np.uint8, 13), "int16": (np.int16, 21), "int7": (np.int8, 13),
     "int4": (ml_dtypes.int4, 21), "uint4": (ml_dtypes.uint4, 21),
     "fp8_e4m3": (ml_dtypes.float8_e4m3fn, 19), "fp8_e5m2": (ml_dtypes.float8_e5m2, 19),
     "mxfp8": (ml_dtypes.float8_e4m3fn, 21),

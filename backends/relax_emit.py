@@ -35,6 +35,10 @@ from bitsmith.ir import Graph, Node
 
 # Float constants with more elements than this become function parameters.
 PARAM_MIN_ELEMENTS = 16
+# Attribute of "main": Relax variable name -> largest |code| of the integer weights that variable holds,
+# for the weights of integer convolutions and matmuls. Kernels whose exactness depends on small codes
+# (x86's vpmaddubsw dot product: x86_intrinsics.py) read it.
+WEIGHT_CODE_BOUNDS_ATTR = "bitsmith.weight_code_bounds"
 
 
 @dataclass
@@ -79,7 +83,10 @@ def emit_relax(graph: Graph) -> EmittedModule:
             result = results[0] if len(results) == 1 else relax.Tuple(results)
             output = builder.emit_output(result)
         builder.emit_func_output(output)
-    return EmittedModule(builder.get(), graph.name, list(graph.inputs), param_names, list(graph.outputs))
+    mod = builder.get()
+    if emitter.weight_code_bounds:
+        mod["main"] = mod["main"].with_attr(WEIGHT_CODE_BOUNDS_ATTR, dict(emitter.weight_code_bounds))
+    return EmittedModule(mod, graph.name, list(graph.inputs), param_names, list(graph.outputs))
 
 
 def supported_ops() -> list[str]:
@@ -97,6 +104,9 @@ class _Emitter:
         self.graph = graph
         self.builder = builder
         self.exprs: dict[str, relax.Expr] = {}
+        self.weight_code_bounds: dict[str, int] = {}  # see WEIGHT_CODE_BOUNDS_ATTR
+        self._producers: dict[str, Node] | None = None
+        self._consumer_counts: dict[str, int] | None = None
 
     def declare_var(self, name: str) -> relax.Var:
         value = self.graph.values[name]
@@ -116,6 +126,32 @@ class _Emitter:
 
     def has_operand(self, node: Node, index: int) -> bool:
         return index < len(node.inputs) and node.inputs[index] != ""
+
+    def integer_weight(self, node: Node, index: int, codes: np.ndarray) -> relax.Expr:
+        """Operand `index`, integer weight `codes` read by an integer kernel; records how large its codes get."""
+        operand = self.operand(node, index)
+        self.bound_codes(operand, codes)
+        return operand
+
+    def bound_codes(self, weight: relax.Expr, codes: np.ndarray) -> None:
+        """Record that variable `weight` holds integer weights no larger in magnitude than `codes`' largest."""
+        if isinstance(weight, relax.Var) and codes.size:
+            bound = int(np.abs(codes.astype(np.int64)).max())
+            self.weight_code_bounds[weight.name] = max(bound, self.weight_code_bounds.get(weight.name, 0))
+
+    def producer(self, name: str) -> Node | None:
+        """The node computing value `name` (None for inputs and constants)."""
+        if self._producers is None:
+            self._producers = {out: n for n in self.graph.nodes for out in n.outputs}
+        return self._producers.get(name)
+
+    def consumer_count(self, name: str) -> int:
+        if self._consumer_counts is None:
+            self._consumer_counts = {}
+            for n in self.graph.nodes:
+                for used in n.inputs:
+                    self._consumer_counts[used] = self._consumer_counts.get(used, 0) + 1
+        return self._consumer_counts.get(name, 0)
 
     def constant_value(self, node: Node, index: int) -> np.ndarray | None:
         """The numpy value of an operand when it is an IR constant, else None."""
@@ -753,21 +789,35 @@ def emit_qconv(e: _Emitter, node: Node) -> relax.Expr:
     return _weighted_epilogue(e, node, e.emit(acc), rank + 2, 1)
 
 
+# Input channels of an ungrouped integer convolution on raw codes are padded to a multiple of this: the
+# reduction's innermost loop (the channels, in NHWC) then splits into the 4 (VNNI, AVX2 bytes) or 2 (AVX2
+# words) steps of the CPU's dot-product intrinsics. Measured on MobileNetV2's first convolution (3 channels).
+CHANNEL_MULTIPLE = 4
+
+
 def _qconv_raw_codes(e: _Emitter, node: Node, rank: int, weights: np.ndarray) -> relax.Expr:
     """QConv on the 8-bit codes themselves, the input zero point corrected once per output channel.
 
     sum((x - zx) * w) = sum(x * w) - zx * sum(w): the convolution reads uint8 / int8 codes and int8
     weights (a quarter of the int32 traffic; the weights stay a packable parameter), and zx * sum(w[c])
     is folded into the bias at emit time. The input is padded with zx (the code of a real zero), so
-    the correction holds at the borders too. Exact: every term is an integer and int32 wraps alike."""
+    the correction holds at the borders too. Exact: every term is an integer and int32 wraps alike.
+    An ungrouped convolution's input channels are padded to a multiple of CHANNEL_MULTIPLE, the weights
+    with zeros (an RGB image's 3 channels: the kernels' dot products then apply, see the constant)."""
     a = node.attrs
     zero_point = int(a["x_zero_point"])
     x, pads = e.operand(node, 0), [int(p) for p in a["pads"]]
-    if zero_point and any(pads):
-        widths = [0, 0, 0, 0] + [w for axis in range(rank) for w in (pads[axis], pads[rank + axis])]
-        x, pads = R.nn.pad(x, widths, pad_value=float(zero_point)), [0] * (2 * rank)
+    w = e.integer_weight(node, 1, weights)
+    extra_channels = -weights.shape[1] % CHANNEL_MULTIPLE if int(a["group"]) == 1 else 0
+    if (zero_point and any(pads)) or extra_channels:
+        spatial = [w for axis in range(rank) for w in (pads[axis], pads[rank + axis])] if zero_point else [0] * 2 * rank
+        x = R.nn.pad(x, [0, 0, 0, extra_channels] + spatial, pad_value=float(zero_point))
+        pads = pads if not zero_point else [0] * (2 * rank)
+    if extra_channels:
+        w = e.emit(R.nn.pad(w, [0, 0, 0, extra_channels] + [0, 0] * rank, pad_value=0.0), f"{node.inputs[1]}_padded")
+        e.bound_codes(w, weights)
     conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
-    acc = conv(x, e.operand(node, 1), strides=list(a["strides"]), padding=pads, dilation=list(a["dilations"]),
+    acc = conv(x, w, strides=list(a["strides"]), padding=pads, dilation=list(a["dilations"]),
                groups=int(a["group"]), out_dtype="int32")
     weight_sums = weights.astype(np.int64).reshape(weights.shape[0], -1).sum(axis=1)
     return _weighted_epilogue(e, node, e.emit(acc), rank + 2, 1, bias_shift=-zero_point * weight_sums)
@@ -844,7 +894,7 @@ def emit_qmatmul(e: _Emitter, node: Node) -> relax.Expr:
     weights = _constant_weight_codes(e, node, 1)
     if weights is not None and b_rank == 2 and not np.any(b_zero_point != 0):
         # as _qconv_raw_codes: codes times int8 weights, zero point corrected by the column sums
-        acc = e.emit(R.matmul(e.operand(node, 0), e.operand(node, 1), out_dtype="int32"))
+        acc = e.emit(R.matmul(e.operand(node, 0), e.integer_weight(node, 1, weights), out_dtype="int32"))
         correction = -int(node.attrs["a_zero_point"]) * weights.astype(np.int64).sum(axis=0)
         return _weighted_epilogue(e, node, acc, rank, rank - 1, bias_shift=correction)
     a_centered = _centered(e, e.operand(node, 0), int(node.attrs["a_zero_point"]))
@@ -866,17 +916,27 @@ def emit_qadd(e: _Emitter, node: Node) -> relax.Expr:
 
 
 def emit_qmul(e: _Emitter, node: Node) -> relax.Expr:
+    """The product of the centered codes, in int32 when both are 8-bit (|product| <= 255^2: exact, and the
+    requantize chain then runs in 32-bit lanes, backends/requantize.py), else in int64."""
     a = node.attrs
     rank = len(e.shape(node.outputs[0]))
-    product = R.multiply(R.astype(_centered(e, e.operand(node, 0), int(a["a_zero_point"])), "int64"),
-                         R.astype(_centered(e, e.operand(node, 1), int(a["b_zero_point"])), "int64"))
+    centered = [_centered(e, e.operand(node, i), int(a[f"{side}_zero_point"])) for i, side in ((0, "a"), (1, "b"))]
+    if all(e.dtype(name) in ("uint8", "int8") for name in node.inputs[:2]):
+        return _requantize(e, e.emit(R.multiply(*centered)), a["multiplier"], a["shift"], rank, 0, a)
+    product = R.multiply(*(R.astype(c, "int64") for c in centered))
     return _requantize(e, product, a["multiplier"], a["shift"], rank, 0, a)
 
 
 def emit_qlookup(e: _Emitter, node: Node) -> relax.Expr:
-    """table[q - qmin]; per-channel tables are flattened and indexed with channel * width + (q - qmin)."""
-    index = _centered(e, e.operand(node, 0), int(node.attrs["qmin"]))
+    """table[q - qmin]; per-channel tables are flattened and indexed with channel * width + (q - qmin).
+    A per-tensor lookup of a per-tensor lookup read nowhere else is one lookup in the composed table."""
     table_shape = e.shape(node.inputs[1])
+    composed = _composed_lookup(e, node)
+    if composed is not None:
+        first, table = composed
+        return R.take(relax.const(table), _centered(e, e.operand(first, 0), int(first.attrs["qmin"])), axis=0,
+                      mode="clip")
+    index = _centered(e, e.operand(node, 0), int(node.attrs["qmin"]))
     table = e.operand(node, 1)
     if len(table_shape) == 1:
         return R.take(table, index, axis=0, mode="clip")
@@ -885,6 +945,22 @@ def emit_qlookup(e: _Emitter, node: Node) -> relax.Expr:
     offsets = _broadcast_const(np.arange(channels, dtype=np.int32) * width, rank, int(node.attrs["axis"]), "int32")
     flat = R.reshape(table, [channels * width])
     return R.take(flat, R.add(index, offsets), axis=0, mode="clip")
+
+
+def _composed_lookup(e: _Emitter, node: Node) -> tuple[Node, np.ndarray] | None:
+    """(first, table) when `node` looks up, in a constant 1-D table, the codes another such QLookup
+    (`first`) produced for it alone: table[j] = node's table[clip(first's table[j] - qmin)] (the clip of
+    take's mode="clip"), so node(first(q)) == table[clip(q - first's qmin)]."""
+    first = e.producer(node.inputs[0])
+    second_table = e.constant_value(node, 1)
+    if (first is None or first.op != "QLookup" or second_table is None or second_table.ndim != 1
+            or e.consumer_count(node.inputs[0]) != 1 or node.inputs[0] in e.graph.outputs):
+        return None
+    first_table = e.constant_value(first, 1)
+    if first_table is None or first_table.ndim != 1:
+        return None
+    index = np.clip(first_table.astype(np.int64) - int(node.attrs["qmin"]), 0, second_table.size - 1)
+    return first, second_table[index]
 
 
 def emit_qglobal_average_pool(e: _Emitter, node: Node) -> relax.Expr:
@@ -1136,7 +1212,7 @@ def emit_dequantize_float(e: _Emitter, node: Node) -> relax.Expr:
     elementwise arithmetic that fuses with the op producing x, and the bit patterns, read by nobody else,
     are never stored."""
     fmt = node.attrs["format"]
-    producer = next((n for n in e.graph.nodes if node.inputs[0] in n.outputs), None)
+    producer = e.producer(node.inputs[0])
     if producer is not None and producer.op == "QuantizeFloat" and producer.attrs["format"] == fmt:
         scaled = R.divide(e.operand(producer, 0), R.reshape(e.operand(producer, 1), []))
         values = _rounded_float8(e, scaled, fmt)
@@ -1151,7 +1227,7 @@ def _constant_weight_codes(e: _Emitter, node: Node, index: int) -> np.ndarray | 
     if array is not None:
         return array
     name = node.inputs[index]
-    producer = next((n for n in e.graph.nodes if name in n.outputs), None)
+    producer = e.producer(name)
     if producer is None or producer.op != "UnpackCodes" or producer.inputs[0] not in e.graph.constants:
         return None
     return unpack_nibbles(e.graph.constants[producer.inputs[0]], tuple(producer.attrs["shape"]),

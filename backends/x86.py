@@ -10,6 +10,7 @@ only: no operator fusion and no schedules, so every op is a naive single-threade
 reductions; MetaSchedule needs minutes of tuning per model. So the pipeline here (`relax_pipeline`):
 
 1. `ConvertLayout`: conv2d in NHWC (output channels contiguous: the vector axis).
+   `sink_transposes` (transpose_sinking.py): the transposes it leaves around table lookups cancel.
    `requantize_in_int32` (requantize.py): integer requantize epilogues in 32-bit lanes where exact.
 2. `fast_math`: float32 exp / erf / tanh / sigmoid / softmax -> TOPI's polynomial forms, which
    vectorize (LLVM calls libm per element otherwise: erf 37x, exp 11x slower); a where's scalar
@@ -42,6 +43,7 @@ from .cpu_schedule import CPUShape, ScheduleCPU
 from .layout_free import mark_param_derived_layout_free
 from .relax_emit import EmittedModule
 from .requantize import requantize_in_int32
+from .transpose_sinking import lookups_are_elementwise, sink_transposes
 
 
 def tvm_target(target: Target | str) -> tvm.target.Target:
@@ -56,12 +58,12 @@ def tvm_target(target: Target | str) -> tvm.target.Target:
 def cpu_shape(target: Target) -> CPUShape:
     """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16),
     and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it,
-    else AVX2's vpmaddwd."""
+    else AVX2's vpmaddubsw for weights of at most 7 bits and vpmaddwd for the others."""
     wide = target.vector_bits >= 512
     vnni = "avx512_vnni" in target.host_features and wide
     dots: tuple[x86_intrinsics.DotIntrinsic, ...] = (x86_intrinsics.DOT_16X4_VNNI,) if vnni else ()
     if "avx2" in target.host_features or wide:
-        dots += (x86_intrinsics.DOT_8X2_AVX2_U8, x86_intrinsics.DOT_8X2_AVX2_I8)
+        dots += (x86_intrinsics.DOT_8X4_AVX2_NARROW, x86_intrinsics.DOT_8X2_AVX2_U8, x86_intrinsics.DOT_8X2_AVX2_I8)
     return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if wide else 16, int8_dots=dots)
 
 
@@ -160,11 +162,13 @@ def scheduling_passes(cpu: CPUShape) -> list[tvm.transform.Pass]:
     return [
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),  # the layout conversion's permuted constants, for the next pass
+        sink_transposes,
         requantize_in_int32,
         relax.transform.DeadCodeElimination(),
         fast_math,
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        lookups_are_elementwise,
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

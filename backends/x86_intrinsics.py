@@ -10,19 +10,24 @@ computes, int32 wrap-around included. The accumulators live in a tile buffer (cp
 
 - `dot_16x4_vnni` (AVX-512 VNNI, uint8 activations): one vpdpbusd. It adds the four u8 x s8 products
   and the accumulator in int32 without saturating (vpdpbusds would saturate).
+- `dot_8x4_avx2_narrow` (AVX2, uint8 activations, weight codes within +-64): the four codes broadcast
+  (vpbroadcastd), one vpmaddubsw (u8 x s8 products summed in pairs into int16: |255 x 64| x 2 = 32640
+  fits, so it never saturates), one vpmaddwd by ones (the pairs summed into int32) and a vpaddd.
+  Only for weights whose codes the compiler knows to be that small (`weight_code_max`): int4 codes and
+  the int7 format (ONNX Runtime's reduce_range).
 - `dot_8x2_avx2` (AVX2, uint8 or int8 activations): the two codes zero- or sign-extended to int16
   and broadcast, the 8 x 2 weights sign-extended to int16 (vpmovsxbw), one vpmaddwd (two int16
   products summed into each int32 lane: |255 x -128| x 2 < 2^31, exact) and a vpaddd.
 
-Why not AVX2's byte instruction: vpmaddubsw sums two u8 x s8 products into a *saturating* int16
+Why the narrow variant only: vpmaddubsw sums two u8 x s8 products into a *saturating* int16
 (255 x -128 x 2 = -65280 does not fit), so it is not exact for 8-bit codes. It can be made exact
 by restricting weights to [-127, 127] and shifting activations to int8 with a sign trick (vpsignb /
 vpabsb: pairs stay within 2 x 128 x 127 = 32512), at one more instruction per product vector.
 Measured here (AMD EPYC Zen 3, a 4 x 16 register tile, best of 2000 alternating runs, one core):
 vpmaddwd with pre-widened int16 operands 67 GMAC/s, with the activations widened in the loop 54,
 the vpmaddubsw sign trick 64-67, fp32 FMA 51, and the saturating (inexact) vpmaddubsw that ONNX
-Runtime uses on AVX2 102. The sign trick buys nothing over vpmaddwd and would change the weight
-quantizer's range, so AVX2 int8 kernels use vpmaddwd.
+Runtime uses on AVX2 102. The sign trick buys nothing over vpmaddwd, so full-range int8 weights use
+vpmaddwd, and weights quantized to 7 bits (or fewer) use vpmaddubsw, which is then exact.
 """
 
 from __future__ import annotations
@@ -96,15 +101,42 @@ def _dot_8x2_avx2(activation: str):
     return impl
 
 
+@T.prim_func(s_tir=True)
+def _dot_8x4_avx2_narrow(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope=TILE_SCOPE),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                              dtype="uint8x32"),  # the 4 codes in every lane
+                B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16",
+            ),
+            T.broadcast(T.int16(1), 16),
+            dtype="int32x8",
+        )
+
+
 # The AVX2 pair broadcast is two instructions (vpbroadcastw, vpmovzxbw / vpmovsxbw) and needs the
 # widened pair and the product in registers; VNNI broadcasts four codes with one vpbroadcastd.
 DOT_16X4_VNNI = DotIntrinsic("bitsmith_dot_16x4_u8i8i32_vnni_local", "uint8", 16, 4)
+# vpmaddubsw's int16 pair sums stay exact while |weight code| <= 64 (2 x 255 x 64 = 32640 < 2^15).
+DOT_8X4_AVX2_NARROW = DotIntrinsic("bitsmith_dot_8x4_u8i7i32_avx2_local", "uint8", 8, 4, scratch_registers=2,
+                                   weight_code_max=64)
 DOT_8X2_AVX2_U8 = DotIntrinsic("bitsmith_dot_8x2_u8i8i32_avx2_local", "uint8", 8, 2, broadcast_ops=2,
                                scratch_registers=2)
 DOT_8X2_AVX2_I8 = DotIntrinsic("bitsmith_dot_8x2_i8i8i32_avx2_local", "int8", 8, 2, broadcast_ops=2,
                                scratch_registers=2)
 
 TensorIntrin.register(DOT_16X4_VNNI.name, _dot_desc("uint8", 16, 4), _dot_16x4_vnni, override=True)
+TensorIntrin.register(DOT_8X4_AVX2_NARROW.name, _dot_desc("uint8", 8, 4), _dot_8x4_avx2_narrow, override=True)
 for _dot in (DOT_8X2_AVX2_U8, DOT_8X2_AVX2_I8):
     TensorIntrin.register(_dot.name, _dot_desc(_dot.activation_dtype, 8, 2), _dot_8x2_avx2(_dot.activation_dtype),
                           override=True)

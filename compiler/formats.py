@@ -2,10 +2,12 @@
 
 Formats (names as in `ir.QUANT_FORMATS`):
 
-- Integers INT8, UINT8, INT16, INT4, UINT4, symmetric or asymmetric, per tensor, per channel (1-D
+- Integers INT8, UINT8, INT16, INT7, INT4, UINT4, symmetric or asymmetric, per tensor, per channel (1-D
   scale along `axis`) or per block along `axis`. Quantization is ONNX QuantizeLinear (opset 21):
   ``q = saturate(round_half_even(x / scale) + zero_point)``; dequantization is ONNX DequantizeLinear:
   ``(q - zero_point) * scale``. Division, rounding and the product are float32, as in ONNX Runtime.
+  INT7 is INT8 restricted to [-64, 63] (ONNX Runtime's reduce_range for weights), stored and exported as
+  int8: products of its codes with uint8 codes, summed in pairs, fit int16 (x86_intrinsics.py).
 - Floats FP8 E4M3FN, FP8 E5M2 (ONNX FLOAT8E4M3FN / FLOAT8E5M2) and FP4 E2M1 (ONNX FLOAT4E2M1,
   the OCP MX element type) with float32 scales: ``q = cast(x / scale)`` with ONNX's ``saturate=True``
   (values beyond the largest finite value, infinities included, clamp to it; round half to even).
@@ -107,6 +109,7 @@ FORMATS: dict[str, FormatInfo] = {
     "int8": _integer("int8", 8, True, np.int8),
     "uint8": _integer("uint8", 8, False, np.uint8),
     "int16": _integer("int16", 16, True, np.int16),
+    "int7": _integer("int7", 7, True, np.int8),
     "int4": _integer("int4", 4, True, np.int8),
     "uint4": _integer("uint4", 4, False, np.uint8),
     "fp8_e4m3": _float("fp8_e4m3", 8, **_E4M3),

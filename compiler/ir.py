@@ -25,7 +25,7 @@ from .errors import IRError
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 QUANT_FORMATS = (
-    "int8", "uint8", "int4", "uint4", "int16",
+    "int8", "uint8", "int7", "int4", "uint4", "int16",
     "fp8_e4m3", "fp8_e5m2", "fp4_e2m1",
     "mxfp8", "mxfp4", "nvfp4",
 )

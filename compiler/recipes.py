@@ -1,7 +1,7 @@
 """Quantization recipes: which format each kind of tensor gets and which PTQ algorithms run.
 
-A recipe is data. The presets name the configurations bitsmith reports on (w8a8, w8_weight_only,
-w4a8, fp8_e4m3, and the weight-only 4-bit floats mxfp4_weights, nvfp4_weights, fp4_weights: FP4 E2M1
+A recipe is data. The presets name the configurations bitsmith reports on (w8a8, w7a8: int7 weights for
+AVX2's byte dot product, w8_weight_only, w4a8, fp8_e4m3, and the weight-only 4-bit floats mxfp4_weights, nvfp4_weights, fp4_weights: FP4 E2M1
 per output channel); a user may build any other combination.
 """
 
@@ -66,6 +66,8 @@ class QuantRecipe:
 
 PRESETS: dict[str, QuantRecipe] = {
     "w8a8": QuantRecipe("w8a8", algorithms=("bias_correction",)),
+    # int7 weights (ONNX Runtime's reduce_range): AVX2 then multiplies bytes exactly (vpmaddubsw)
+    "w7a8": QuantRecipe("w7a8", weights="int7", algorithms=("bias_correction",)),
     "w8_weight_only": QuantRecipe("w8_weight_only", activations=None, algorithms=("bias_correction",)),
     "w4a8": QuantRecipe("w4a8", weights="int4", algorithms=("gptq", "bias_correction")),
     "fp8_e4m3": QuantRecipe("fp8_e4m3", weights="fp8_e4m3", activations="fp8_e4m3", activation_symmetric=True,

@@ -74,8 +74,8 @@ from .table_ranges import evaluate_region
 log = logging.getLogger("bitsmith.passes.lower_integer")
 
 SOFTMAX_EXP_BITS = 30  # QSoftmax's exp table: rne(2^30 * exp(-d * scale))
-INTEGER_WEIGHT_FORMATS = ("int8", "uint8", "int4", "uint4")
-NATIVE_FORMATS = ("int8", "uint8")  # formats with native integer kernels; int4/uint4 codes sit in int8 containers
+INTEGER_WEIGHT_FORMATS = ("int8", "uint8", "int7", "int4", "uint4")
+NATIVE_FORMATS = ("int8", "uint8")  # formats with native integer kernels; int7/int4/uint4 codes sit in int8 containers
 FLOAT_ACTIVATION_FORMATS = ("fp8_e4m3", "fp8_e5m2")  # rounded through their bits, computed in float
 WEIGHT_ONLY = "float, weights decoded"  # a layer report's "lowered": float activations on decoded weights (no fallback)
 

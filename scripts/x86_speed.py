@@ -1,10 +1,11 @@
 """Evidence for x86 speed: bitsmith FP32 and INT8 artifacts against ONNX Runtime FP32 and INT8.
 
 For each case (MobileNetV2 batch 1 and 8, MiniLM-L6 seq 128 batch 1 and 8, PP-OCRv4 det batch 1) the
-script compiles, for the host target, the FP32 model and its W8A8 version (`recipe="w8a8"`, calibrated
-on the zoo's calibration split), and quantizes the ONNX model with ONNX Runtime's quantize_static (QDQ,
+script compiles, for the host target, the FP32 model and two integer versions calibrated on the zoo's
+calibration split: W8A8 (`recipe="w8a8"`) and W7A8 (`recipe="w7a8"`: int7 weights, ONNX Runtime's
+reduce_range, for which AVX2's byte dot product vpmaddubsw is exact), and quantizes the ONNX model with ONNX Runtime's quantize_static (QDQ,
 per-channel, uint8 activations / int8 weights, MinMax, on the same calibration feeds). Then, for 1 and
-2 threads, it times the four contenders on one real evaluation input, alternating run by run
+2 threads, it times the five contenders on one real evaluation input, alternating run by run
 (bitsmith.measure.time_alternating), ONNX Runtime without spin-waiting (`ort_session(spin=False)`),
 and reports medians. TVM's thread pool cannot be resized once used, so each thread count is timed in
 a child process (`--time-threads N`) that loads the artifacts compiled by the parent.
@@ -19,6 +20,11 @@ convolution, matmul) GOP/s = 2 x MACs / time, next to the peak computed from the
 lanes x FMA ports x 2 ops x clock, where a lane does one fp32 multiply-add per instruction or, for
 int8, the exact dot product's products per int32 lane (AVX2 vpmaddwd: 2, AVX-512 VNNI vpdpbusd: 4),
 and the clock is measured (a dependent chain of 1-cycle integer operations, `measure_clock_ghz`).
+vpmaddubsw's 4 products per lane need a second multiply (vpmaddwd by ones), so the W7A8 kernels have
+the same peak per multiply instruction as vpmaddwd.
+
+Fidelity: each contender's first output on FIDELITY_BATCHES evaluation inputs against ONNX Runtime FP32
+(relative L2 error; top-1 agreement for classifier logits), to show what each integer version costs.
 
 Writes docs/results/x86_speed.json and .md. Re-run: `.venv/bin/python scripts/x86_speed.py`
 (about 10-15 min on 2 busy cores; `--cases mobilenet_v2-b1` for one case, `--repeat` for more runs).
@@ -49,6 +55,10 @@ PER_CHANNEL_MIN_OPSET = 13
 # The issue's goal: bitsmith INT8 at most half of ORT FP32's time and no slower than ORT INT8.
 GOAL_VS_ORT_FP32 = 0.5
 GOAL_VS_ORT_INT8 = 1.0
+# bitsmith's artifacts: kind -> recipe (None: FP32)
+BITSMITH_KINDS = {"fp32": None, "int8": "w8a8", "int7": "w7a8"}
+FIDELITY_BATCHES = 4
+ARTIFACT_LABELS = {"fp32": "FP32", "int8": "INT8", "int7": "W7"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def compile_case(case: Case, workdir: Path) -> dict:
     shapes = zoo.input_shapes(case.model, batch=case.batch)
     calibration = zoo.inputs(case.model, CALIBRATION_FEEDS, batch=case.batch, split="calib")
     record: dict = {"case": case.name, "model": case.model, "batch": case.batch, "input_shapes": shapes}
-    for kind, recipe in (("fp32", None), ("int8", "w8a8")):
+    for kind, recipe in BITSMITH_KINDS.items():
         start = time.perf_counter()
         try:
             compiled = compile_traced(zoo.onnx_path(case.model), "host", recipe=recipe,
@@ -225,9 +235,10 @@ def peak_gops(threads: int, clock_ghz: float) -> dict[str, dict]:
     target = load("host")
     lanes = target.vector_bits // 32
     dots = x86.cpu_shape(target).int8_dots
-    products = dots[0].lanes * dots[0].depth // lanes if dots else 1
+    general = [dot for dot in dots if dot.weight_code_max is None]  # see the module docstring on vpmaddubsw
+    products = general[0].lanes * general[0].depth // lanes if general else 1
     peaks = {}
-    for fmt, per_lane in (("fp32", 1), ("int8", products)):
+    for fmt, per_lane in (("fp32", 1), ("int8", products), ("int7", products)):
         macs_per_cycle = lanes * per_lane * target.fma_ports
         peaks[fmt] = {"gops": round(threads * macs_per_cycle * 2 * clock_ghz, 1), "threads": threads,
                       "lanes": lanes, "macs_per_lane": per_lane, "ports": target.fma_ports,
@@ -276,8 +287,8 @@ def time_case(record: dict, threads: int, repeat: int) -> dict:
     from bitsmith.measure import median, ort_session, time_alternating
 
     feed = zoo.inputs(record["model"], 1, batch=record["batch"], split="eval")[0]
-    contenders, errors, profiles = {}, {}, {}
-    for kind in ("fp32", "int8"):
+    contenders, errors, profiles, runs = {}, {}, {}, {}
+    for kind in BITSMITH_KINDS:
         if f"bitsmith_{kind}_artifact" in record:
             artifact = bitsmith.Artifact.load(record[f"bitsmith_{kind}_artifact"])
             runner, inputs, params = artifact._runner, artifact._ordered_inputs(feed), artifact._params
@@ -285,6 +296,7 @@ def time_case(record: dict, threads: int, repeat: int) -> dict:
                 raise RuntimeError(f"bitsmith runs {runner.threads} threads, not the {threads} asked for")
             args = runner.prepare(inputs, params)
             contenders[f"bitsmith_{kind}"] = (lambda main, args: lambda: main(*args))(runner._main, args)
+            runs[f"bitsmith_{kind}"] = (lambda a: lambda f: list(a.run(f).values())[0])(artifact)
             profiles[kind] = (lambda r, i, p: lambda: r.profile(i, p))(runner, inputs, params)
     for kind, path in (("fp32", zoo.onnx_path(record["model"])), ("int8", record["ort_int8_model"])):
         try:
@@ -295,6 +307,7 @@ def time_case(record: dict, threads: int, repeat: int) -> dict:
             errors[f"ort_{kind}_error"] = f"{type(exc).__name__}: {exc}"[:1000]
             continue
         contenders[f"ort_{kind}"] = (lambda s, n: lambda: s.run(n, feed))(session, names)
+        runs[f"ort_{kind}"] = (lambda s, n: lambda f: s.run(n, f)[0])(session, names)
     load_before = os.getloadavg()[0]
     times = time_alternating(contenders, repeat=repeat, warmup=3)
     result = {f"{name}_ms": round(median(values), 3) for name, values in times.items()}
@@ -302,6 +315,26 @@ def time_case(record: dict, threads: int, repeat: int) -> dict:
     result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["kernels"] = {kind: kernel_rates(profile, record[f"bitsmith_{kind}_kernels"])
                          for kind, profile in profiles.items()}
+    if threads == THREADS[0] and "ort_fp32" in runs:
+        result["fidelity"] = fidelity(record, runs)
+    return result
+
+
+def fidelity(record: dict, runs: dict) -> dict:
+    """Each contender's first output against ORT FP32's on FIDELITY_BATCHES evaluation inputs."""
+    import numpy as np
+
+    from bitsmith import zoo
+
+    feeds = zoo.inputs(record["model"], FIDELITY_BATCHES, batch=record["batch"], split="eval")
+    outputs = {name: np.concatenate([np.asarray(run(feed), np.float64) for feed in feeds]) for name, run in runs.items()}
+    reference = outputs.pop("ort_fp32")
+    result = {"samples": int(reference.shape[0])}
+    for name, out in outputs.items():
+        entry = {"relative_l2_error": round(float(np.linalg.norm(out - reference) / np.linalg.norm(reference)), 5)}
+        if reference.ndim == 2 and reference.shape[1] > 1:  # classifier logits
+            entry["top1_agree"] = round(float((out.argmax(1) == reference.argmax(1)).mean()), 4)
+        result[name] = entry
     return result
 
 
@@ -328,6 +361,8 @@ def ratios(timing: dict) -> dict:
 
     return {"int8_vs_ort_fp32": ratio("bitsmith_int8_ms", "ort_fp32_ms"),
             "int8_vs_ort_int8": ratio("bitsmith_int8_ms", "ort_int8_ms"),
+            "int7_vs_ort_fp32": ratio("bitsmith_int7_ms", "ort_fp32_ms"),
+            "int7_vs_ort_int8": ratio("bitsmith_int7_ms", "ort_int8_ms"),
             "fp32_vs_ort_fp32": ratio("bitsmith_fp32_ms", "ort_fp32_ms"),
             "int8_vs_bitsmith_fp32": ratio("bitsmith_int8_ms", "bitsmith_fp32_ms")}
 
@@ -337,17 +372,19 @@ def render(doc: dict) -> str:
              "Written by `scripts/x86_speed.py` (re-run it to regenerate). Host target "
              f"`{doc['target']}`, {doc['cpu']}; ONNX Runtime {doc['onnxruntime']}. Median ms of "
              f"{doc['repeat']} alternating runs after 3 warm-up runs, one real evaluation input, the same thread "
-             "count for every contender. ORT INT8: quantize_static, QDQ, per-channel, MinMax. bitsmith INT8: "
-             "`recipe=\"w8a8\"`, integer-lowered. Goal: INT8 <= "
+             "count for every contender. ORT INT8: quantize_static, QDQ, per-channel, MinMax (on AVX2 its u8 x s8 "
+             "kernels use vpmaddubsw, which saturates int16 pair sums). bitsmith INT8: `recipe=\"w8a8\"`, "
+             "integer-lowered, exact (vpmaddwd). bitsmith W7: `recipe=\"w7a8\"`, int7 weights (reduce_range), "
+             "exact with vpmaddubsw. Goal: INT8 <= "
              f"{GOAL_VS_ORT_FP32} x ORT FP32 and <= {GOAL_VS_ORT_INT8} x ORT INT8. The host is shared: load "
              "average (1 min, before / after) beside each row.", "",
-             "| case | threads | bitsmith FP32 | bitsmith INT8 | ORT FP32 | ORT INT8 | INT8 / ORT FP32 | "
-             "INT8 / ORT INT8 | FP32 / ORT FP32 | load |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | threads | bitsmith FP32 | bitsmith INT8 | bitsmith W7 | ORT FP32 | ORT INT8 | INT8 / ORT FP32 | "
+             "INT8 / ORT INT8 | W7 / ORT FP32 | W7 / ORT INT8 | FP32 / ORT FP32 | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in doc["cases"]:
         for threads, timing in case["timings"].items():
             if "error" in timing:
-                lines.append(f"| {case['case']} | {threads} | error: {timing['error'][:120]} | | | | | | | |")
+                lines.append(f"| {case['case']} | {threads} | error: {timing['error'][:120]} | | | | | | | | | | |")
                 continue
             r = timing["ratios"]
 
@@ -358,14 +395,20 @@ def render(doc: dict) -> str:
                 return f"{r[key]:.2f}" if r[key] is not None else "—"
 
             lines.append(f"| {case['case']} | {threads} | {cell('bitsmith_fp32_ms')} | {cell('bitsmith_int8_ms')} | "
-                         f"{cell('ort_fp32_ms')} | {cell('ort_int8_ms')} | {rcell('int8_vs_ort_fp32')} | "
-                         f"{rcell('int8_vs_ort_int8')} | {rcell('fp32_vs_ort_fp32')} | {timing['load_average']} |")
+                         f"{cell('bitsmith_int7_ms')} | {cell('ort_fp32_ms')} | {cell('ort_int8_ms')} | "
+                         f"{rcell('int8_vs_ort_fp32')} | {rcell('int8_vs_ort_int8')} | {rcell('int7_vs_ort_fp32')} | "
+                         f"{rcell('int7_vs_ort_int8')} | {rcell('fp32_vs_ort_fp32')} | {timing['load_average']} |")
+    lines += render_fidelity(doc)
     lines += ["", "## Compile time (templates only: default schedules, no tuning)", "",
-              "| case | bitsmith FP32 s | bitsmith INT8 s (incl. calibration, quantization) |", "|---|---|---|"]
+              "| case | bitsmith FP32 s | bitsmith INT8 s | bitsmith W7 s |", "|---|---|---|---|"]
     for case in doc["cases"]:
-        lines.append(f"| {case['case']} | {case['bitsmith_fp32_compile_s']} | {case['bitsmith_int8_compile_s']} |")
+        lines.append(f"| {case['case']} | {case['bitsmith_fp32_compile_s']} | {case['bitsmith_int8_compile_s']} | "
+                     f"{case.get('bitsmith_int7_compile_s', '—')} |")
+    lines.append("")
+    lines.append("INT8 and W7 times include calibration and quantization.")
     lines += render_kernel_rates(doc)
-    errors = [(c["case"], k, c[k]) for c in doc["cases"] for k in ("bitsmith_fp32_error", "bitsmith_int8_error") if k in c]
+    errors = [(c["case"], f"bitsmith_{kind}_error", c[f"bitsmith_{kind}_error"]) for c in doc["cases"]
+              for kind in BITSMITH_KINDS if f"bitsmith_{kind}_error" in c]
     errors += [(c["case"], k, t[k]) for c in doc["cases"] for t in list(c["timings"].values())[:1]
                for k in ("ort_fp32_error", "ort_int8_error") if k in t]
     if errors:
@@ -373,6 +416,29 @@ def render(doc: dict) -> str:
         lines += [f"- {name}, {key.removesuffix('_error')}: {message}" for name, key, message in errors]
     lines += ["", f"Load average at start / end: {doc['load_average']}.", ""]
     return "\n".join(lines)
+
+
+def render_fidelity(doc: dict) -> list[str]:
+    """Each contender's output against ORT FP32 (measured with the 1-thread timings)."""
+    names = {"bitsmith_fp32": "bitsmith FP32", "bitsmith_int8": "bitsmith INT8", "bitsmith_int7": "bitsmith W7",
+             "ort_int8": "ORT INT8"}
+    lines = ["", "## Fidelity against ORT FP32", "",
+             f"First output on {FIDELITY_BATCHES} evaluation inputs of the case's batch size: relative L2 error "
+             "(top-1 agreement where the output is classifier logits).", "",
+             "| case | samples | " + " | ".join(names.values()) + " |", "|---|---|" + "---|" * len(names)]
+    for case in doc["cases"]:
+        found = case["timings"].get(str(THREADS[0]), {}).get("fidelity")
+        if not found:
+            continue
+
+        def cell(entry: dict | None) -> str:
+            if entry is None:
+                return "—"
+            top1 = f" (top-1 {entry['top1_agree']:.3f})" if "top1_agree" in entry else ""
+            return f"{entry['relative_l2_error']:.4f}{top1}"
+
+        lines.append(f"| {case['case']} | {found['samples']} | " + " | ".join(cell(found.get(n)) for n in names) + " |")
+    return lines
 
 
 def render_kernel_rates(doc: dict) -> list[str]:
@@ -386,7 +452,7 @@ def render_kernel_rates(doc: dict) -> list[str]:
         fp32, int8 = peak["fp32"], peak["int8"]
         lines.append(f"- {threads} thread(s), {fp32['clock_ghz']} GHz: FP32 {fp32['lanes']} lanes x "
                      f"{fp32['ports']} ports = {fp32['gops']} GOP/s; INT8 {int8['lanes']} lanes x "
-                     f"{int8['macs_per_lane']} products x {int8['ports']} ports = {int8['gops']} GOP/s")
+                     f"{int8['macs_per_lane']} products x {int8['ports']} ports = {int8['gops']} GOP/s (INT8 and W7)")
     lines += ["", "| case | threads | artifact | kind | calls | GMAC | ms | GOP/s | % of peak |",
               "|---|---|---|---|---|---|---|---|---|"]
     for case in doc["cases"]:
@@ -395,14 +461,14 @@ def render_kernel_rates(doc: dict) -> list[str]:
                 peak = peaks[threads][artifact]["gops"]
                 for kind, rate in sorted(rates["kinds"].items(), key=lambda kv: -kv[1]["ms"]):
                     share = f"{100 * rate['gops'] / peak:.0f}%" if rate["gops"] else "—"
-                    lines.append(f"| {case['case']} | {threads} | {artifact.upper()} | {kind} | {rate['kernels']} | "
+                    lines.append(f"| {case['case']} | {threads} | {ARTIFACT_LABELS[artifact]} | {kind} | {rate['kernels']} | "
                                  f"{rate['gmac']:.3f} | {rate['ms']:.2f} | {rate['gops']} | {share} |")
     lines += ["", "Slowest kernels (1 thread):", "", "| case | artifact | kernel | kind | GMAC | ms | GOP/s |",
               "|---|---|---|---|---|---|---|"]
     for case in doc["cases"]:
         for artifact, rates in case["timings"].get("1", {}).get("kernels", {}).items():
             for k in rates["slowest"]:
-                lines.append(f"| {case['case']} | {artifact.upper()} | `{k['kernel'][:60]}` | {k['kind']} | "
+                lines.append(f"| {case['case']} | {ARTIFACT_LABELS[artifact]} | `{k['kernel'][:60]}` | {k['kind']} | "
                              f"{k['gmac']:.3f} | {k['ms']:.3f} | {k['gops']} |")
     return lines
 
@@ -432,8 +498,8 @@ def main() -> None:
         records = []
         for case in selected:
             records.append(compile_case(case, workdir))
-            print(f"compiled {case.name}: fp32 {records[-1]['bitsmith_fp32_compile_s']} s, "
-                  f"int8 {records[-1]['bitsmith_int8_compile_s']} s", flush=True)
+            print(f"compiled {case.name}: " + ", ".join(f"{kind} {records[-1].get(f'bitsmith_{kind}_compile_s')} s"
+                                                         for kind in BITSMITH_KINDS), flush=True)
         (workdir / "compiled.json").write_text(json.dumps(records, indent=1))
         for threads in THREADS:
             subprocess.run([sys.executable, __file__, "--time-threads", str(threads), "--repeat", str(args.repeat),

@@ -8,7 +8,8 @@ stays exact.
 - those kernels equal the integer reference bit for bit at the extremes of the codes (every x = 255 or 0,
   every w = -128 or 127), where the folded correction zx * sum(w) is largest;
 - their innermost products are an exact dot-product instruction: vpmaddwd on AVX2, vpdpbusd on AVX-512
-  VNNI (backends/x86_intrinsics.py).
+  VNNI (backends/x86_intrinsics.py), and on AVX2 vpmaddubsw where the weight codes are within +-64 (int7,
+  int4), which only there cannot saturate.
 """
 
 from __future__ import annotations
@@ -152,6 +153,41 @@ def test_on_avx2_the_int8_reductions_use_vpmaddwd(caplog):
     for graph in graphs:
         mod, _ = scheduled(graph, caplog)
         assert "llvm.x86.avx2.pmadd.wd" in mod.script()
+        assert "llvm.x86.avx2.pmadd.ub.sw" not in mod.script()  # full-range weights: it could saturate
+
+
+def narrow(*shape: int, largest: int = 64) -> np.ndarray:
+    """int8 weight codes within [-largest, largest], both ends present."""
+    w = np.clip(codes(*shape, dtype="int8"), -largest, largest).astype(np.int8)
+    w.flat[0], w.flat[-1] = -largest, largest
+    return w
+
+
+def test_on_avx2_weights_within_7_bits_use_vpmaddubsw(caplog):
+    """Weight codes within +-64 (the int7 format, int4): 8 columns x 4 reduction steps innermost become
+    vpmaddubsw + vpmaddwd by ones, the weights packed in blocks of 8 x 4; one code of 65 keeps vpmaddwd."""
+    for largest, packed_block, byte_dot in ((64, [8, 4], True), (65, [8, 2], False)):
+        mod, _ = scheduled(qmatmul(codes(32, 96), narrow(96, 64, largest=largest), a_zero_point=128), caplog)
+        (func,) = reduction_kernels(mod).values()
+        assert [int(d) for d in func.params[1].shape][-2:] == packed_block
+        assert ("llvm.x86.avx2.pmadd.ub.sw" in mod.script()) == byte_dot
+    conv = qconv(codes(1, 16, 10, 10), narrow(32, 16, 3, 3), x_zero_point=117, pads=[1, 1, 1, 1])
+    assert "llvm.x86.avx2.pmadd.ub.sw" in scheduled(conv, caplog)[0].script()
+
+
+@pytest.mark.parametrize("x_value,w_value,zero_point", [(255, -64, 0), (255, 64, 3), (0, 64, 255)])
+def test_narrow_weight_qmatmul_at_extreme_codes_equals_the_reference(tmp_path, x_value, w_value, zero_point):
+    """vpmaddubsw's int16 pair sums at their extremes: 255 x 64 x 2 = 32640, one step below saturation."""
+    a = np.full((4, 384), x_value, np.uint8)
+    b = np.full((384, 16), w_value, np.int8)
+    b[::9] = -w_value
+    assert_bit_exact(qmatmul(a, b, zero_point), {"a": a}, tmp_path)
+
+
+def test_narrow_weight_qconv_equals_the_reference(tmp_path):
+    x = codes(1, 16, 9, 9)
+    x[0, :, ::2] = 255
+    assert_bit_exact(qconv(x, narrow(24, 16, 3, 3), 131, [1, 1, 1, 1]), {"x": x}, tmp_path)
 
 
 def test_on_avx512_vnni_the_int8_reductions_use_vpdpbusd(caplog):
@@ -175,3 +211,13 @@ def test_the_requantize_epilogue_of_qconv_and_qmatmul_runs_in_32_bit_lanes(caplo
         mod, _ = scheduled(graph, caplog)
         names = list(reduction_kernels(mod))
         assert len(names) == 1 and "requantize_int32" in names[0], names
+
+
+def test_a_three_channel_qconv_is_padded_to_four_channels_for_the_dot_product(tmp_path, caplog):
+    """An RGB image's first convolution: 3 input channels padded to 4 (zero weights), so its 3 x 3 x 4
+    reduction runs on vpmaddubsw (int7 weights) like the others; still the reference's integers."""
+    x = codes(1, 3, 12, 12)
+    graph = qconv(x, narrow(16, 3, 3, 3), x_zero_point=114, pads=[1, 1, 1, 1])
+    (func,) = [f for n, f in reduction_kernels(scheduled(graph, caplog)[0]).items() if "conv" in n]
+    assert [int(d) for d in func.params[1].shape][-2:] == [8, 4]
+    assert_bit_exact(graph, {"x": x}, tmp_path)
