@@ -118,9 +118,10 @@ class ScheduleCPU:  # pylint: disable=too-few-public-methods
 
 
 def weight_code_bounds(mod: ir.IRModule) -> dict[str, dict[str, int]]:
-    """PrimFunc name -> {buffer name: largest |code| it holds}, for the integer weights the emitter
-    bounded (relax_emit.WEIGHT_CODE_BOUNDS_ATTR on the Relax function calling the PrimFunc). A buffer
-    counts only when every call passes it a bounded variable; the bound is the largest over the calls."""
+    """PrimFunc name -> {buffer name: largest |code| it holds}, for int8 constants and the integer
+    weights the emitter bounded (relax_emit.WEIGHT_CODE_BOUNDS_ATTR on the Relax function calling the
+    PrimFunc; variables that FuseOps renamed, such as decoded int4 codes, are no longer found). A buffer
+    counts only when every call passes it a bounded argument; the bound is the largest over the calls."""
     per_call: dict[str, list[dict[int, int]]] = {}
     for _, func in mod.functions_items():
         if not isinstance(func, relax.Function) or func.attrs is None or WEIGHT_CODE_BOUNDS_ATTR not in func.attrs:
@@ -131,8 +132,8 @@ def weight_code_bounds(mod: ir.IRModule) -> dict[str, dict[str, int]]:
         for call in _call_tirs(func):
             args = list(call.args[1].fields) if isinstance(call.args[1], relax.Tuple) else [call.args[1]]
             per_call.setdefault(call.args[0].name_hint, []).append(
-                {i: bounded[arg.name] for i, arg in enumerate(args)
-                 if isinstance(arg, relax.Var) and arg.name in bounded and arg.name in unique})
+                {i: bound for i, bound in enumerate(_code_bound(arg, bounded, unique) for arg in args)
+                 if bound is not None})
     bounds: dict[str, dict[str, int]] = {}
     for name, calls in per_call.items():
         prim = next((f for g, f in mod.functions_items() if g.name_hint == name), None)
@@ -141,6 +142,15 @@ def weight_code_bounds(mod: ir.IRModule) -> dict[str, dict[str, int]]:
         common = set.intersection(*(set(call) for call in calls))
         bounds[name] = {prim.params[i].name: max(call[i] for call in calls) for i in common if i < len(prim.params)}
     return bounds
+
+
+def _code_bound(arg: relax.Expr, bounded: dict[str, int], unique: set[str]) -> int | None:
+    """The largest |code| of an argument: an int8 constant's own, or a variable's as the emitter bounded it."""
+    if isinstance(arg, relax.Var):
+        return bounded[arg.name] if arg.name in bounded and arg.name in unique else None
+    if isinstance(arg, ir.expr.GenericConst) and str(arg.value.dtype) == "int8" and arg.value.numpy().size:
+        return int(abs(arg.value.numpy().astype("int64")).max())
+    return None
 
 
 def _defined_vars(func: relax.Function) -> list[relax.Var]:

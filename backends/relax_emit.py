@@ -813,9 +813,8 @@ def _qconv_raw_codes(e: _Emitter, node: Node, rank: int, weights: np.ndarray) ->
         spatial = [w for axis in range(rank) for w in (pads[axis], pads[rank + axis])] if zero_point else [0] * 2 * rank
         x = R.nn.pad(x, [0, 0, 0, extra_channels] + spatial, pad_value=float(zero_point))
         pads = pads if not zero_point else [0] * (2 * rank)
-    if extra_channels:
-        w = e.emit(R.nn.pad(w, [0, 0, 0, extra_channels] + [0, 0] * rank, pad_value=0.0), f"{node.inputs[1]}_padded")
-        e.bound_codes(w, weights)
+    if extra_channels:  # a small constant (the kernels read a constant's codes: cpu_schedule.weight_code_bounds)
+        w = relax.const(np.pad(weights, [(0, 0), (0, extra_channels)] + [(0, 0)] * rank))
     conv = R.nn.conv1d if rank == 1 else R.nn.conv2d
     acc = conv(x, w, strides=list(a["strides"]), padding=pads, dilation=list(a["dilations"]),
                groups=int(a["group"]), out_dtype="int32")

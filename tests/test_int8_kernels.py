@@ -21,12 +21,18 @@ import pytest
 import tvm
 from tvm import tirx
 
+from bitsmith import zoo
 from bitsmith.backends import x86
-from bitsmith.backends.relax_emit import emit_relax
+from bitsmith.backends.relax_emit import WEIGHT_CODE_BOUNDS_ATTR, emit_relax
+from bitsmith.frontends.onnx import import_onnx
+from bitsmith.interpreter import run_graph
+from bitsmith.passes.lower_integer import lower_integer
+from bitsmith.quantize import quantize
+from bitsmith.recipes import preset
 from bitsmith.ir import Graph, Node, verify
 from bitsmith.ops import OPS
 from bitsmith.targets import load
-from test_integer_lowering import assert_bit_exact, codes, one_node, requant_attrs, requant_constants
+from test_integer_lowering import assert_bit_exact, codes, one_node, requant_attrs, requant_constants, tvm_outputs
 
 SCHEDULE_LOG = "bitsmith.backends.cpu_schedule"
 
@@ -221,3 +227,20 @@ def test_a_three_channel_qconv_is_padded_to_four_channels_for_the_dot_product(tm
     (func,) = [f for n, f in reduction_kernels(scheduled(graph, caplog)[0]).items() if "conv" in n]
     assert [int(d) for d in func.params[1].shape][-2:] == [8, 4]
     assert_bit_exact(graph, {"x": x}, tmp_path)
+
+
+def test_w7a8_onet_weights_fit_7_bits_and_its_artifact_equals_the_reference(tmp_path):
+    """The w7a8 preset (int7 weights) on MTCNN ONet: every QConv / QMatMul weight code within [-64, 63],
+    the emitter bounds them so (the AVX2 byte dot product applies), and the artifact equals the integer
+    reference bit for bit on real faces."""
+    graph = import_onnx(zoo.onnx_path("mtcnn_onet"), zoo.input_shapes("mtcnn_onet", batch=8))
+    lowered = lower_integer(quantize(graph, preset("w7a8"), zoo.inputs("mtcnn_onet", 2, 8, split="calib")))
+    weights = [lowered.constants[n.inputs[1]] for n in lowered.nodes if n.op in ("QConv", "QMatMul")]
+    assert weights and all(w.dtype == np.int8 and -64 <= w.min() and w.max() <= 63 for w in weights)
+    bounds = emit_relax(lowered).mod["main"].attrs[WEIGHT_CODE_BOUNDS_ATTR]
+    assert len(bounds) == len(weights) and max(int(b) for b in bounds.values()) <= 64
+    feeds = zoo.inputs("mtcnn_onet", 1, 8, split="eval")
+    (got,) = tvm_outputs(lowered, feeds, tmp_path)
+    expected = run_graph(lowered, feeds[0])
+    for name, array in zip(lowered.outputs, got):
+        np.testing.assert_array_equal(array, expected[name], err_msg=name)
