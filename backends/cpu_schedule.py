@@ -13,8 +13,9 @@ schedules each PrimFunc with the first rule that applies:
    only copy are inlined; real pads stay a separate padded copy unless the reduction is short
    (depthwise convolution, pooling). The weights are re-laid out in the order the tile loops read
    them (`pack_weights`, a once-per-weight-set transform: see x86.py). On a CPU with an exact int8
-   dot product (`CPUShape.int8_dots`: AVX-512 VNNI vpdpbusd, 16 lanes x 4 steps; AVX2 vpmaddwd, 8
-   lanes x 2 steps; x86_intrinsics.py), an 8-bit x int8 -> int32 reduction (QConv, QMatMul) splits
+   dot product (`CPUShape.int8_dots`: AVX-512 VNNI vpdpbusd, 16 lanes x 4 steps; AVX2 vpmaddubsw for
+   weights known to fit 7 bits (`weight_code_bounds`), 8 lanes x 4 steps, else vpmaddwd, 8 lanes x 2
+   steps; x86_intrinsics.py), an 8-bit x int8 -> int32 reduction (QConv, QMatMul) splits
    `depth` reduction steps under `lanes` columns and runs them as one intrinsic; the packed weights
    then hold lanes x depth byte blocks, and the tile shape is chosen for the intrinsic's costs
    (`_plan_dot_tiling`).

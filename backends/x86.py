@@ -15,7 +15,8 @@ reductions; MetaSchedule needs minutes of tuning per model. So the pipeline here
 2. `fast_math`: float32 exp / erf / tanh / sigmoid / softmax -> TOPI's polynomial forms, which
    vectorize (LLVM calls libm per element otherwise: erf 37x, exp 11x slower); a where's scalar
    constant branch -> an immediate (a Select reading a 0-d buffer does not vectorize).
-3. Legalize, fold constants, `FuseOps` + `FuseTIR` (conv + bias + activation + residual in one loop).
+3. Legalize, fold constants, `FuseOps` + `FuseTIR` (conv + bias + activation + residual in one loop;
+   `lookups_are_elementwise`: an integer graph's activation tables too).
 4. `ScheduleCPU` (cpu_schedule.py): register-tiled, vectorized, parallel loop nests for conv and
    matmul, weights packed into panels; rfactor-vectorized row reductions; vectorized elementwise.
 5. `SplitLayoutRewritePreproc` + `LiftTransformParams`: weight re-layout and packing move into
