@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import tvm_ffi
@@ -123,25 +124,27 @@ def weight_code_bounds(mod: ir.IRModule) -> dict[str, dict[str, int]]:
     weights the emitter bounded (relax_emit.WEIGHT_CODE_BOUNDS_ATTR on the Relax function calling the
     PrimFunc; variables that FuseOps renamed, such as decoded int4 codes, are no longer found). A buffer
     counts only when every call passes it a bounded argument; the bound is the largest over the calls."""
-    per_call: dict[str, list[dict[int, int]]] = {}
+    per_call: dict[ir.GlobalVar, list[dict[int, int]]] = {}
     for _, func in mod.functions_items():
-        if not isinstance(func, relax.Function) or func.attrs is None or WEIGHT_CODE_BOUNDS_ATTR not in func.attrs:
+        if not isinstance(func, relax.Function):
             continue
-        bounded = {str(name): int(bound) for name, bound in func.attrs[WEIGHT_CODE_BOUNDS_ATTR].items()}
-        names = [var.name for var in _defined_vars(func)]
-        unique = {name for name in names if names.count(name) == 1}
+        attrs = func.attrs if func.attrs is not None and WEIGHT_CODE_BOUNDS_ATTR in func.attrs else {}
+        bounded = {str(name): int(bound) for name, bound in attrs.get(WEIGHT_CODE_BOUNDS_ATTR, {}).items()}
+        counts = Counter(var.name for var in _defined_vars(func))
+        unique = {name for name, count in counts.items() if count == 1}
         for call in _call_tirs(func):
             args = list(call.args[1].fields) if isinstance(call.args[1], relax.Tuple) else [call.args[1]]
-            per_call.setdefault(call.args[0].name_hint, []).append(
+            per_call.setdefault(call.args[0], []).append(
                 {i: bound for i, bound in enumerate(_code_bound(arg, bounded, unique) for arg in args)
                  if bound is not None})
     bounds: dict[str, dict[str, int]] = {}
-    for name, calls in per_call.items():
-        prim = next((f for g, f in mod.functions_items() if g.name_hint == name), None)
+    for gvar, calls in per_call.items():
+        prim = mod[gvar]
         if not isinstance(prim, tirx.PrimFunc):
             continue
         common = set.intersection(*(set(call) for call in calls))
-        bounds[name] = {prim.params[i].name: max(call[i] for call in calls) for i in common if i < len(prim.params)}
+        bounds[gvar.name_hint] = {prim.params[i].name: max(call[i] for call in calls) for i in common
+                                  if i < len(prim.params)}
     return bounds
 
 
@@ -149,8 +152,9 @@ def _code_bound(arg: relax.Expr, bounded: dict[str, int], unique: set[str]) -> i
     """The largest |code| of an argument: an int8 constant's own, or a variable's as the emitter bounded it."""
     if isinstance(arg, relax.Var):
         return bounded[arg.name] if arg.name in bounded and arg.name in unique else None
-    if isinstance(arg, ir.expr.GenericConst) and str(arg.value.dtype) == "int8" and arg.value.numpy().size:
-        return int(abs(arg.value.numpy().astype("int64")).max())
+    if isinstance(arg, ir.expr.GenericConst) and str(arg.value.dtype) == "int8":
+        codes = arg.value.numpy()
+        return int(abs(codes.astype("int64")).max()) if codes.size else None
     return None
 
 
@@ -179,7 +183,7 @@ def schedule_prim_func(func: tirx.PrimFunc, cpu: CPUShape, name: str = "",
     Logs (DEBUG, logger bitsmith.backends.cpu_schedule) which rule scheduled each PrimFunc, and why
     the earlier ones did not: the first thing to read when a kernel is slow."""
     name = name or _func_name(func)
-    rules = (lambda f, c: schedule_tiled_reduction(f, c, weight_bounds or {}), schedule_loops)
+    rules = (lambda f, c: schedule_tiled_reduction(f, c, weight_bounds), schedule_loops)
     for rule_name, rule in zip(("schedule_tiled_reduction", "schedule_loops"), rules):
         try:
             scheduled = rule(func, cpu)
@@ -344,7 +348,7 @@ def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape,
     small weight codes only where `weight_bounds` (buffer name -> largest |code|) says they are."""
     for dot in cpu.int8_dots:
         try:
-            scheduled = _tiled_reduction(func, cpu, dot, weight_bounds or {})
+            scheduled = _tiled_reduction(func, cpu, dot, weight_bounds)
             if scheduled is not None:
                 return scheduled
         except Exception as exc:  # no match for the intrinsic: the next one, then the plain tiled schedule
@@ -359,7 +363,7 @@ def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | Non
     if parts is None:
         return None
     anchor, producers, consumers = parts
-    if dot is not None and not _is_int8_dot(sch, anchor, dot, weight_bounds or {}):
+    if dot is not None and not _is_int8_dot(sch, anchor, dot, weight_bounds):
         return None
     loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
     lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
@@ -401,7 +405,7 @@ def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | Non
     return packed if dot is None else _tensorize_dot(packed, sch.get(anchor).name_hint, dot.name)  # anchor: the update block
 
 
-def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: dict[str, int]) -> bool:
+def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: dict[str, int] | None) -> bool:
     """Whether the block accumulates int32 products of a `dot.activation_dtype` and an int8 operand (QConv /
     QMatMul; for int8 x int8 the first read is the activation) whose codes are small enough for `dot`."""
     stmt = sch.get(block)
@@ -410,7 +414,9 @@ def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: d
     if not (str(stmt.writes[0].source.dtype) == "int32" and len(dtypes) == 2 and dtypes[0] == dot.activation_dtype
             and dtypes[1] == "int8"):
         return False
-    return dot.weight_code_max is None or weight_bounds.get(reads[1].name, dot.weight_code_max + 1) <= dot.weight_code_max
+    if dot.weight_code_max is None:
+        return True
+    return (weight_bounds or {}).get(reads[1].name, dot.weight_code_max + 1) <= dot.weight_code_max
 
 
 def _tensorize_dot(func: tirx.PrimFunc, anchor_name: str, intrinsic: str) -> tirx.PrimFunc:

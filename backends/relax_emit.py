@@ -18,6 +18,7 @@ below that compute exactly the reference interpreter's integers.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -105,8 +106,6 @@ class _Emitter:
         self.builder = builder
         self.exprs: dict[str, relax.Expr] = {}
         self.weight_code_bounds: dict[str, int] = {}  # see WEIGHT_CODE_BOUNDS_ATTR
-        self._producers: dict[str, Node] | None = None
-        self._consumer_counts: dict[str, int] | None = None
 
     def declare_var(self, name: str) -> relax.Var:
         value = self.graph.values[name]
@@ -139,19 +138,14 @@ class _Emitter:
             bound = int(np.abs(codes.astype(np.int64)).max())
             self.weight_code_bounds[weight.name] = max(bound, self.weight_code_bounds.get(weight.name, 0))
 
-    def producer(self, name: str) -> Node | None:
-        """The node computing value `name` (None for inputs and constants)."""
-        if self._producers is None:
-            self._producers = {out: n for n in self.graph.nodes for out in n.outputs}
-        return self._producers.get(name)
+    @functools.cached_property
+    def producers(self) -> dict[str, Node]:
+        """Value name -> the node computing it (Graph.producers, once per module)."""
+        return self.graph.producers()
 
-    def consumer_count(self, name: str) -> int:
-        if self._consumer_counts is None:
-            self._consumer_counts = {}
-            for n in self.graph.nodes:
-                for used in n.inputs:
-                    self._consumer_counts[used] = self._consumer_counts.get(used, 0) + 1
-        return self._consumer_counts.get(name, 0)
+    @functools.cached_property
+    def consumers(self) -> dict[str, list[Node]]:
+        return self.graph.consumers()
 
     def constant_value(self, node: Node, index: int) -> np.ndarray | None:
         """The numpy value of an operand when it is an IR constant, else None."""
@@ -810,7 +804,8 @@ def _qconv_raw_codes(e: _Emitter, node: Node, rank: int, weights: np.ndarray) ->
     w = e.integer_weight(node, 1, weights)
     extra_channels = -weights.shape[1] % CHANNEL_MULTIPLE if int(a["group"]) == 1 else 0
     if (zero_point and any(pads)) or extra_channels:
-        spatial = [w for axis in range(rank) for w in (pads[axis], pads[rank + axis])] if zero_point else [0] * 2 * rank
+        spatial = ([width for axis in range(rank) for width in (pads[axis], pads[rank + axis])] if zero_point
+                   else [0] * 2 * rank)
         x = R.nn.pad(x, [0, 0, 0, extra_channels] + spatial, pad_value=float(zero_point))
         pads = pads if not zero_point else [0] * (2 * rank)
     if extra_channels:  # a small constant (the kernels read a constant's codes: cpu_schedule.weight_code_bounds)
@@ -950,10 +945,10 @@ def _composed_lookup(e: _Emitter, node: Node) -> tuple[Node, np.ndarray] | None:
     """(first, table) when `node` looks up, in a constant 1-D table, the codes another such QLookup
     (`first`) produced for it alone: table[j] = node's table[clip(first's table[j] - qmin)] (the clip of
     take's mode="clip"), so node(first(q)) == table[clip(q - first's qmin)]."""
-    first = e.producer(node.inputs[0])
+    first = e.producers.get(node.inputs[0])
     second_table = e.constant_value(node, 1)
     if (first is None or first.op != "QLookup" or second_table is None or second_table.ndim != 1
-            or e.consumer_count(node.inputs[0]) != 1 or node.inputs[0] in e.graph.outputs):
+            or len(e.consumers[node.inputs[0]]) != 1 or node.inputs[0] in e.graph.outputs):
         return None
     first_table = e.constant_value(first, 1)
     if first_table is None or first_table.ndim != 1:
@@ -1211,7 +1206,7 @@ def emit_dequantize_float(e: _Emitter, node: Node) -> relax.Expr:
     elementwise arithmetic that fuses with the op producing x, and the bit patterns, read by nobody else,
     are never stored."""
     fmt = node.attrs["format"]
-    producer = e.producer(node.inputs[0])
+    producer = e.producers.get(node.inputs[0])
     if producer is not None and producer.op == "QuantizeFloat" and producer.attrs["format"] == fmt:
         scaled = R.divide(e.operand(producer, 0), R.reshape(e.operand(producer, 1), []))
         values = _rounded_float8(e, scaled, fmt)
@@ -1226,7 +1221,7 @@ def _constant_weight_codes(e: _Emitter, node: Node, index: int) -> np.ndarray | 
     if array is not None:
         return array
     name = node.inputs[index]
-    producer = e.producer(name)
+    producer = e.producers.get(name)
     if producer is None or producer.op != "UnpackCodes" or producer.inputs[0] not in e.graph.constants:
         return None
     return unpack_nibbles(e.graph.constants[producer.inputs[0]], tuple(producer.attrs["shape"]),

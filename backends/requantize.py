@@ -36,6 +36,8 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from .relax_rewrite import is_call, rewrite_functions
+
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 MIN_HIGH_HALF_SHIFT = 33  # s = 32 + t with t >= 1: the rounding term is a multiple of 2^32
 MAX_SHIFT = 62
@@ -60,10 +62,6 @@ def uses_high_half(multiplier: np.ndarray, shift: np.ndarray) -> bool:
             and bool(np.all(shift >= MIN_HIGH_HALF_SHIFT)) and bool(np.all(shift <= MAX_SHIFT)))
 
 
-def _op(expr: relax.Expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
-
-
 def _constant(expr: relax.Expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
@@ -74,21 +72,21 @@ def _dtype(expr: relax.Expr) -> str:
 
 def match_requantize(final: relax.Call, bound: Callable[[relax.Expr], relax.Expr]) -> Requantize | None:
     """The requantize chain ending in `final` (an astype), walking back through `bound` (a var's value)."""
-    if not _op(final, "relax.astype"):
+    if not is_call(final, "relax.astype"):
         return None
     steps: dict[str, np.ndarray] = {}
     expr = bound(final.args[0])
     for name, key in (("relax.minimum", "out_max"), ("relax.maximum", "out_min"), ("relax.add", "zero_point"),
                       ("relax.right_shift", "shift"), ("relax.add", "rounding"), ("relax.multiply", "multiplier")):
-        if key == "zero_point" and _op(expr, "relax.right_shift"):
+        if key == "zero_point" and is_call(expr, "relax.right_shift"):
             steps[key] = np.zeros((), np.int64)  # no zero point: the chain goes straight to the shift
             continue
-        value = _constant(expr.args[1]) if _op(expr, name) else None
+        value = _constant(expr.args[1]) if is_call(expr, name) else None
         if value is None or value.dtype != np.int64 or _dtype(expr) != "int64":
             return None
         steps[key] = value
         expr = bound(expr.args[0])
-    if not _op(expr, "relax.astype") or _dtype(expr) != "int64" or _dtype(expr.args[0]) != "int32":
+    if not is_call(expr, "relax.astype") or _dtype(expr) != "int64" or _dtype(expr.args[0]) != "int32":
         return None
     scalars = [steps[k] for k in ("out_max", "out_min", "zero_point")]
     if any(v.size != 1 for v in scalars):
@@ -164,8 +162,4 @@ class _Rewriter(relax.PyExprMutator):
 def requantize_in_int32(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Replace each provably equal int64 requantize chain by its 32-bit form (see the module docstring).
     The chain's int64 bindings are left dead for DeadCodeElimination."""
-    rewriter = _Rewriter(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_functions(mod, _Rewriter(mod))

@@ -30,6 +30,8 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax import op as R
 
+from .relax_rewrite import is_call, rewrite_functions
+
 PERMUTE_DIMS = "relax.permute_dims"
 # op -> position of the operand whose layout the result follows
 LAYOUT_FOLLOWING = {"relax.astype": 0, "relax.nn.pad": 0, "relax.take": 1}
@@ -76,8 +78,7 @@ class _Sinker(relax.PyExprMutator):
         if not isinstance(expr, relax.Var):
             return None
         value = self.lookup_binding(expr)
-        if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == PERMUTE_DIMS
-                and value.attrs.axes is not None):
+        if is_call(value, PERMUTE_DIMS) and value.attrs.axes is not None:
             return value.args[0], [int(a) for a in value.attrs.axes]
         return None
 
@@ -94,11 +95,7 @@ class _Sinker(relax.PyExprMutator):
 def sink_transposes(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Move permute_dims after the lookups, casts and pads that read it, cancelling inverse pairs
     (see the module docstring)."""
-    sinker = _Sinker(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            sinker.builder_.update_func(gvar, sinker.visit_expr(func))
-    return sinker.builder_.get()
+    return rewrite_functions(mod, _Sinker(mod))
 
 
 OP_PATTERN_ELEMWISE, OP_PATTERN_OPAQUE = 0, 8  # TVM's relay/relax OpPatternKind values

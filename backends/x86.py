@@ -43,6 +43,7 @@ from . import x86_intrinsics
 from .cpu_schedule import CPUShape, ScheduleCPU
 from .layout_free import mark_param_derived_layout_free
 from .relax_emit import EmittedModule
+from .relax_rewrite import rewrite_functions
 from .requantize import requantize_in_int32
 from .transpose_sinking import lookups_are_elementwise, sink_transposes
 
@@ -149,11 +150,7 @@ class _FastMathRewriter(relax.PyExprMutator):
 def fast_math(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Replace float32 exp / erf / tanh / sigmoid / softmax by their vectorizable TOPI forms, and the
     scalar constant branch of a where by an immediate."""
-    rewriter = _FastMathRewriter(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_functions(mod, _FastMathRewriter(mod))
 
 
 def scheduling_passes(cpu: CPUShape) -> list[tvm.transform.Pass]:
