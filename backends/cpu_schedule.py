@@ -12,13 +12,13 @@ schedules each PrimFunc with the first rule that applies:
    fused elementwise epilogue (bias, activation, residual add) is computed per tile. Producers that
    only copy are inlined; real pads stay a separate padded copy unless the reduction is short
    (depthwise convolution, pooling). The weights are re-laid out in the order the tile loops read
-   them (`pack_weights`, a once-per-weight-set transform: see x86.py). On a CPU with an exact int8
+   them (`pack_weights_in_place`, a once-per-weight-set transform: see x86.py). On a CPU with an exact int8
    dot product (`CPUShape.int8_dots`: AVX-512 VNNI vpdpbusd, 16 lanes x 4 steps; AVX2 vpmaddubsw for
    weights known to fit 7 bits (`weight_code_bounds`), 8 lanes x 4 steps, else vpmaddwd, 8 lanes x 2
    steps; x86_intrinsics.py), an 8-bit x int8 -> int32 reduction (QConv, QMatMul) splits
    `depth` reduction steps under `lanes` columns and runs them as one intrinsic; the packed weights
    then hold lanes x depth byte blocks, and the tile shape is chosen for the intrinsic's costs
-   (`_plan_dot_tiling`).
+   (`_dot_tilings`).
 2. **every block on its own** (elementwise, transposes, gathers, softmax, norms, other reductions):
    injective blocks run their outer loops in parallel and the innermost loop in vectors; a
    reduction over the innermost axis accumulates a vector of partial results (rfactor) and reduces
@@ -346,40 +346,56 @@ def schedule_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape,
     An 8-bit x int8 -> int32 reduction first tries the tiled schedule with its innermost `lanes`
     columns x `depth` reduction steps as one of the CPU's dot-product intrinsics; one exact only for
     small weight codes only where `weight_bounds` (buffer name -> largest |code|) says they are."""
+    applied = _first_tiled_reduction(func, cpu, weight_bounds)
+    return applied[1].mod["main"] if applied is not None else None
+
+
+def tiled_reduction_dot(func: tirx.PrimFunc, cpu: CPUShape,
+                        weight_bounds: dict[str, int] | None = None) -> tuple[bool, DotIntrinsic | None]:
+    """(whether the tiled schedule applies to `func`, the dot-product intrinsic it then runs on or None)."""
+    applied = _first_tiled_reduction(func, cpu, weight_bounds)
+    return (applied is not None, applied[0] if applied is not None else None)
+
+
+def _first_tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, weight_bounds: dict[str, int] | None
+                           ) -> tuple[DotIntrinsic | None, s_tir.Schedule] | None:
+    """The default tiled schedule on the first of the CPU's dot-product intrinsics that applies, else
+    on plain vector code: (intrinsic or None, the scheduled Schedule), or None where the rule does not apply."""
     for dot in cpu.int8_dots:
+        sch = s_tir.Schedule(func)
         try:
-            scheduled = _tiled_reduction(func, cpu, dot, weight_bounds)
-            if scheduled is not None:
-                return scheduled
+            if apply_tiled_reduction(sch, cpu, dot, weight_bounds):
+                return dot, sch
         except Exception as exc:  # no match for the intrinsic: the next one, then the plain tiled schedule
             log.debug("%s not applied: %s", dot.name, str(exc).splitlines()[0] if str(exc) else exc)
-    return _tiled_reduction(func, cpu, None)
-
-
-def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | None,
-                     weight_bounds: dict[str, int] | None = None) -> tirx.PrimFunc | None:
     sch = s_tir.Schedule(func)
+    return (None, sch) if apply_tiled_reduction(sch, cpu, None) else None
+
+
+def apply_tiled_reduction(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic | None,
+                          weight_bounds: dict[str, int] | None = None, choice: int = 0) -> bool:
+    """Schedule `sch` (in place, every step on it: a traced schedule replays) with the tiled reduction
+    and the `choice`-th tile shape of `tiling_candidates` (0: the default one). False when the rule or
+    that choice does not apply (`sch` is then partly transformed: discard it)."""
     parts = _anchor_with_neighbours(sch)
     if parts is None:
-        return None
+        return False
     anchor, producers, consumers = parts
     if dot is not None and not _is_int8_dot(sch, anchor, dot, weight_bounds):
-        return None
+        return False
     loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
-    lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
     if loop_of_iter is None:
-        return None
-    if dot is None:
-        tiling = _plan_tiling(sch, anchor, loop_of_iter, cpu.accumulator_budget, lanes)
-    else:
-        tiling = _plan_dot_tiling(sch, anchor, loop_of_iter, cpu, dot)
-    if tiling is None:
-        return None
+        return False
+    lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
+    tilings = tiling_candidates(sch, anchor, loop_of_iter, cpu, dot, lanes)
+    if choice >= len(tilings):
+        return False
+    tiling = tilings[choice]
     work = _total_work(sch, anchor)
     tile_outer, tile_inner, reduce = _tile_loops(sch, anchor, loop_of_iter, tiling)
     if dot is not None:
         if tiling.cols_tile % dot.lanes or (_extent(sch, reduce[-1]) or 1) % dot.depth:
-            return None
+            return False
         reduce_outer, reduce_lane = sch.split(reduce[-1], factors=[None, dot.depth])
         reduce = reduce[:-1] + [reduce_outer]
         cols_repeat, cols_lanes = sch.split(tile_inner[-1], factors=[None, dot.lanes])
@@ -401,8 +417,12 @@ def _tiled_reduction(func: tirx.PrimFunc, cpu: CPUShape, dot: DotIntrinsic | Non
         _vectorize_tile(sch, sch.decompose_reduction(anchor, reduce[0]), 1, lanes)
     for block in producers + ([] if tiled_epilogue else consumers):
         _parallel_vectorize(sch, block, lanes)
-    packed = pack_weights(sch.mod["main"])
-    return packed if dot is None else _tensorize_dot(packed, sch.get(anchor).name_hint, dot.name)  # anchor: the update block
+    update_name = sch.get(anchor).name_hint
+    pack_weights_in_place(sch)
+    if dot is not None:
+        update = sch.get_sblock(update_name)
+        sch.tensorize(sch.get_loops(update)[-2], dot.name)
+    return True
 
 
 def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: dict[str, int] | None) -> bool:
@@ -417,14 +437,6 @@ def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: d
     if dot.weight_code_max is None:
         return True
     return (weight_bounds or {}).get(reads[1].name, dot.weight_code_max + 1) <= dot.weight_code_max
-
-
-def _tensorize_dot(func: tirx.PrimFunc, anchor_name: str, intrinsic: str) -> tirx.PrimFunc:
-    """Replace the [lanes columns x depth reduction steps] innermost loops of the update block by `intrinsic`."""
-    sch = s_tir.Schedule(func)
-    update = sch.get_sblock(anchor_name)
-    sch.tensorize(sch.get_loops(update)[-2], intrinsic)
-    return sch.mod["main"]
 
 
 def _anchor_with_neighbours(sch: s_tir.Schedule):
@@ -454,59 +466,73 @@ def _producers(sch: s_tir.Schedule, anchor_name: str) -> list:
     return blocks[:[sch.get(b).name_hint for b in blocks].index(anchor_name)]
 
 
-def _plan_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, budget: int, lanes: int) -> _Tiling | None:
-    """cols = the iter var of the output's innermost axis, rows = the next wide one; tile sizes that
-    keep the rows_tile x cols_tile accumulator within `budget` vector registers."""
+# At most this many tile shapes per kernel are offered to tuning (backends/tuning.py).
+MAX_TILINGS = 16
+
+
+def tiling_candidates(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, dot: DotIntrinsic | None,
+                      lanes: int) -> list[_Tiling]:
+    """The tile shapes the tiled reduction may use, the default (the cost heuristic's choice) first."""
+    if dot is None:
+        return _plain_tilings(sch, anchor, loop_of_iter, cpu.accumulator_budget, lanes)[:MAX_TILINGS]
+    return _dot_tilings(sch, anchor, loop_of_iter, cpu, dot)[:MAX_TILINGS]
+
+
+def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, budget: int, lanes: int) -> list[_Tiling]:
+    """cols = the iter var of the output's innermost axis, rows = the next wide one. Default: the column
+    tile of `_choose_cols_tile` and the most rows whose rows_tile x cols_tile accumulator fits in
+    `budget` vector registers; then every other column tile of 1-4 vectors dividing the columns with
+    each row tile that fits, largest accumulators first."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
 
     axis_iters = [v for v in _output_axis_iters(sch, anchor) if v is not None]
     if not axis_iters or (extent(axis_iters[-1]) or 0) < min(lanes, 4):
-        return None
-    cols_var = axis_iters[-1]
-    cols_tile = _choose_cols_tile(extent(cols_var), lanes)
+        return []
+    cols_var, cols = axis_iters[-1], extent(axis_iters[-1])
     rows = [v for v in axis_iters[:-1] if extent(v) not in (None, 1)]
+    default_cols = _choose_cols_tile(cols, lanes)
+    cols_tiles = [default_cols] + [v * lanes for v in range(1, 5) if cols % (v * lanes) == 0 and v * lanes != default_cols]
     if not rows:
-        return _Tiling(cols_var, cols_tile, None, 1)
-    vectors_per_row = cols_tile // _register_vector_width(cols_tile, lanes)
-    rows_tile = _choose_rows_tile(extent(rows[-1]), max(budget // vectors_per_row, 1))
-    return _Tiling(cols_var, cols_tile, rows[-1], rows_tile)
+        return [_Tiling(cols_var, c, None, 1) for c in cols_tiles]
+    row_extent = extent(rows[-1])
+    tilings: list[_Tiling] = []
+    for cols_tile in cols_tiles:
+        row_budget = max(budget // (cols_tile // _register_vector_width(cols_tile, lanes)), 1)
+        row_tiles = sorted({_choose_rows_tile(row_extent, limit) for limit in range(1, row_budget + 1)}, reverse=True)
+        tilings += [_Tiling(cols_var, cols_tile, rows[-1], r) for r in row_tiles]
+    default, others = tilings[0], tilings[1:]
+    return [default] + sorted(others, key=lambda t: -t.rows_tile * t.cols_tile)
 
 
 # The widest column tile a dot-product schedule considers, in intrinsic widths (vector registers).
 MAX_DOT_VECTORS = 4
 
 
-def _plan_dot_tiling(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
-                     dot: DotIntrinsic) -> _Tiling | None:
+def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
+                 dot: DotIntrinsic) -> list[_Tiling]:
     """Tiles for a dot-product intrinsic: R rows x V vectors of `dot.lanes` columns, R dividing the rows
-    exactly (a partial tile's predicate defeats tensorize). Per `depth` reduction steps the tile costs
-    R broadcasts (`broadcast_ops` each), V weight loads and R x V intrinsics: the choice minimizes the
-    overhead per product, broadcast_ops / V + 1 / R, within the vector registers (R x V accumulators,
-    V weight vectors, the intrinsic's scratch)."""
+    exactly (a partial tile's predicate defeats tensorize), within the vector registers (R x V
+    accumulators, V weight vectors, the intrinsic's scratch). Per `depth` reduction steps the tile costs
+    R broadcasts (`broadcast_ops` each), V weight loads and R x V intrinsics: ordered by the overhead
+    per product, broadcast_ops / V + 1 / R, least first (the default); ties: the larger tile first."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
 
     axis_iters = [v for v in _output_axis_iters(sch, anchor) if v is not None]
     if not axis_iters or (extent(axis_iters[-1]) or 0) % dot.lanes:
-        return None
+        return []
     cols_var, col_vectors = axis_iters[-1], extent(axis_iters[-1]) // dot.lanes
     rows = [v for v in axis_iters[:-1] if extent(v) not in (None, 1)]
     row_extent = extent(rows[-1]) if rows else 1
-    best: tuple[tuple[float, int], int, int] | None = None
-    for vectors in range(1, MAX_DOT_VECTORS + 1):
-        if col_vectors % vectors:
-            continue
+    shapes = []
+    for vectors in (v for v in range(1, MAX_DOT_VECTORS + 1) if col_vectors % v == 0):
         for rows_tile in (d for d in range(1, row_extent + 1) if row_extent % d == 0):
             if rows_tile * vectors + vectors + dot.scratch_registers > cpu.vector_registers:
                 break
-            key = (dot.broadcast_ops / vectors + 1 / rows_tile, -rows_tile * vectors)
-            if best is None or key < best[0]:
-                best = (key, rows_tile, vectors)
-    if best is None:
-        return None
-    _, rows_tile, vectors = best
-    return _Tiling(cols_var, vectors * dot.lanes, rows[-1] if rows else None, rows_tile)
+            shapes.append(((dot.broadcast_ops / vectors + 1 / rows_tile, -rows_tile * vectors), rows_tile, vectors))
+    return [_Tiling(cols_var, vectors * dot.lanes, rows[-1] if rows else None, rows_tile)
+            for _, rows_tile, vectors in sorted(shapes, key=lambda shape: shape[0])]
 
 
 def _tile_loops(sch: s_tir.Schedule, anchor, loop_of_iter: dict, tiling: _Tiling):
@@ -539,23 +565,25 @@ def _place_epilogue(sch: s_tir.Schedule, anchor, epilogue, tile_outer: list, lan
     _vectorize_tile(sch, epilogue, len(tile_outer), lanes)
 
 
-def pack_weights(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def pack_weights_in_place(sch: s_tir.Schedule) -> None:
     """Re-lay the weights (the PrimFunc's "layout_free_buffers") in the order the loops read them.
 
     MetaSchedule's RewriteLayout derives the packed layout from the loop nest: for the tiled
     reduction that is [cols tiles, reduction..., cols tile], so each tile's weights are one
     contiguous panel. The repacking is a separate block that SplitLayoutRewritePreproc and
     LiftTransformParams (x86.py) move into main_transform_params: it runs once, not per inference.
+    Packing is an optimization: where it fails (tried on a copy first) the weights keep their layout.
     """
+    func = sch.mod["main"]
     if func.attrs is None or "layout_free_buffers" not in func.attrs or not list(func.attrs["layout_free_buffers"]):
-        return func
-    sch = s_tir.Schedule(func)
+        return
     try:
-        if meta_schedule.postproc.RewriteLayout().apply(sch):
-            return sch.mod["main"]
-    except Exception as exc:  # packing is an optimization: keep the unpacked schedule
+        packs = meta_schedule.postproc.RewriteLayout().apply(sch.copy())
+    except Exception as exc:  # pylint: disable=broad-except
         log.debug("weight packing failed: %s", exc)
-    return func
+        return
+    if packs:
+        meta_schedule.postproc.RewriteLayout().apply(sch)
 
 
 def _reduction_extent(sch: s_tir.Schedule, block) -> int:

@@ -2,7 +2,7 @@
 
 TVM's AttachAttrLayoutFreeBuffers tells a PrimFunc which of its buffers are weights (Relax function
 parameters after "num_input", or constants), so that schedules may re-lay them out (x86's
-`cpu_schedule.pack_weights`) and LiftTransformParams moves the re-layout into main_transform_params.
+`cpu_schedule.pack_weights_in_place`) and LiftTransformParams moves the re-layout into main_transform_params.
 A weight stored in a low-precision format reaches its convolution through decoding ops
 (DequantizeWeight, UnpackCodes: backends/relax_emit.py), so it is an intermediate value, not a
 parameter, and would stay unpacked. `MarkParamDerivedLayoutFree` (run after AttachAttrLayoutFreeBuffers)
