@@ -47,6 +47,7 @@ results: $(STAMP) ctest
 	$(PY) scripts/integer_parity.py
 	$(PY) scripts/runtime_parity.py
 	$(PY) scripts/x86_speed.py
+	$(PY) scripts/x86_tuning.py
 	$(PY) scripts/example_reports.py
 	$(PY) scripts/fuzz.py --cases 10000
 	$(PY) scripts/reliability.py

@@ -19,6 +19,8 @@ reductions; MetaSchedule needs minutes of tuning per model. So the pipeline here
    `lookups_are_elementwise`: an integer graph's activation tables too).
 4. `ScheduleCPU` (cpu_schedule.py): register-tiled, vectorized, parallel loop nests for conv and
    matmul, weights packed into panels; rfactor-vectorized row reductions; vectorized elementwise.
+   With `--tune N`, `TuneCPU` (tuning.py) first gives the kernels it has tuned (MetaSchedule timing
+   the template's tilings, a per-target database) their checked fastest schedule.
 5. `SplitLayoutRewritePreproc` + `LiftTransformParams`: weight re-layout and packing move into
    `main_transform_params`, run once per weight set by the runner (Python or C++).
 
@@ -46,6 +48,7 @@ from .relax_emit import EmittedModule
 from .relax_rewrite import rewrite_functions
 from .requantize import requantize_in_int32
 from .transpose_sinking import lookups_are_elementwise, sink_transposes
+from .tuning import TuneCPU, TuningOptions, TuningSummary
 
 
 def tvm_target(target: Target | str) -> tvm.target.Target:
@@ -71,7 +74,7 @@ def cpu_shape(target: Target) -> CPUShape:
 
 # Convolutions run in NHWC: the output channel is contiguous, so the tiled-reduction schedule
 # vectorizes over it (see cpu_schedule.py). Weights keep their layout here; the schedule packs them
-# into panels (cpu_schedule.pack_weights). conv2d_transpose is pinned to NCHW: TOPI legalizes it in
+# into panels (cpu_schedule.pack_weights_in_place). conv2d_transpose is pinned to NCHW: TOPI legalizes it in
 # no other layout (and relax_emit turns most of them into convolutions anyway).
 CONV_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OIHW"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
 
@@ -153,10 +156,11 @@ def fast_math(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModul
     return rewrite_functions(mod, _FastMathRewriter(mod))
 
 
-def scheduling_passes(cpu: CPUShape) -> list[tvm.transform.Pass]:
+def scheduling_passes(cpu: CPUShape, tuning: TuneCPU | None = None) -> list[tvm.transform.Pass]:
     """Relax -> fused, scheduled TIR with weights packed (still a dataflow Relax module; inspectable,
     timeable per kernel). Everything computed from the weights alone (re-layouts, packing, folded
-    batch-norm factors) is lifted into `main_transform_params`, which runs once per weight set."""
+    batch-norm factors) is lifted into `main_transform_params`, which runs once per weight set.
+    `tuning` (tuning.py) schedules the kernels it has tuned before ScheduleCPU schedules the rest."""
     return [
         relax.transform.ConvertLayout(CONV_LAYOUTS),
         relax.transform.FoldConstant(),  # the layout conversion's permuted constants, for the next pass
@@ -174,6 +178,7 @@ def scheduling_passes(cpu: CPUShape) -> list[tvm.transform.Pass]:
         relax.transform.CanonicalizeBindings(),
         relax.transform.AttachAttrLayoutFreeBuffers(),  # weights may be re-laid out by the schedules
         mark_param_derived_layout_free,  # and so may weights decoded from low-precision bytes
+        *([tuning] if tuning is not None else []),
         ScheduleCPU(cpu),
         relax.transform.SplitLayoutRewritePreproc(),
         relax.transform.LiftTransformParams(),
@@ -191,19 +196,26 @@ def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     ]
 
 
-def relax_pipeline(target: tvm.target.Target, cpu: CPUShape) -> tvm.transform.Pass:
+def relax_pipeline(target: tvm.target.Target, cpu: CPUShape, tuning: TuneCPU | None = None) -> tvm.transform.Pass:
     """Re-layout, lift weight transforms, legalize, fuse, schedule and lower a Relax module."""
-    return tvm.transform.Sequential(scheduling_passes(cpu) + lowering_passes(target), name="bitsmith_x86")
+    return tvm.transform.Sequential(scheduling_passes(cpu, tuning) + lowering_passes(target), name="bitsmith_x86")
 
 
-def build(emitted: EmittedModule, target: Target | str = "host") -> tvm.runtime.Executable:
-    """Compile an emitted Relax module for an x86 target; returns a TVM Executable."""
+def build(emitted: EmittedModule, target: Target | str = "host", tuning: TuningOptions | None = None,
+          summary: TuningSummary | None = None) -> tvm.runtime.Executable:
+    """Compile an emitted Relax module for an x86 target; returns a TVM Executable. With `tuning`
+    (tuning.py), MetaSchedule tunes the kernels its database lacks and the best schedules are used;
+    `summary` is filled with what it did."""
     if isinstance(target, str):
         target = load(target)
     tvm_tgt = tvm_target(target)
+    cpu = cpu_shape(target)
+    tuner = None
+    if tuning is not None:
+        tuner = TuneCPU(tvm_tgt, target.name, cpu, tuning, summary if summary is not None else TuningSummary())
     try:
         with tvm_tgt:
-            return tvm.compile(emitted.mod, tvm_tgt, relax_pipeline=relax_pipeline(tvm_tgt, cpu_shape(target)))
+            return tvm.compile(emitted.mod, tvm_tgt, relax_pipeline=relax_pipeline(tvm_tgt, cpu, tuner))
     except Exception as exc:
         raise BuildError(f"building {emitted.graph_name!r} for {tvm_tgt} failed: {exc}") from exc
 

@@ -55,10 +55,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.calibration:
         calibration, hints = load_feeds(args.calibration, args.model, hints=hints)
     compiled = compile_traced(args.model, args.target, input_shapes=hints, output_dir=args.output,
-                              quiet=args.quiet, recipe=args.recipe, calibration=calibration)
+                              quiet=args.quiet, recipe=args.recipe, calibration=calibration, tune=args.tune,
+                              tuning_database=args.tuning_db)
     artifact = compiled.artifact
     if not args.quiet:
         print(f"wrote {artifact.path} ({artifact.size_bytes() / 1e6:.2f} MB, target {artifact.target})")
+        if compiled.tuning is not None:
+            print(_tuning_line(compiled.tuning))
     if gates or args.report:
         from .bench import BenchSettings, measure, subject_from_compile
 
@@ -76,6 +79,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 DATA_GATES = ("metric_drop", "metric", "min_sqnr_db")
+
+
+def _tuning_line(summary: Any) -> str:
+    rejected = f", {len(summary.rejected)} rejected by the reference check" if summary.rejected else ""
+    return (f"tuning: {summary.kernels} tunable kernels, {summary.from_database} from the database, "
+            f"{summary.tuned} tuned now ({summary.trials} trials, {summary.tuning_seconds:.0f} s); "
+            f"{len(summary.replaced)} use a tuned schedule{rejected} [{summary.database}]")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -220,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="FILE.npz", help="evaluation samples for --fail-if metric gates and --report")
     p.add_argument("--report", metavar="DIR", help="write a report (report.json/.md/.html) of the artifact here")
     p.add_argument("--repeat", type=int, default=20, help="timed runs for --report / latency gates (default 20)")
+    p.add_argument("--tune", type=int, metavar="N",
+                   help="time up to N candidate kernel schedules with MetaSchedule and keep the fastest (a per-target "
+                        "database: later compiles reuse it; 0: reuse only); default: the templates alone")
+    p.add_argument("--tuning-db", metavar="DIR",
+                   help="tuning database root (default: $BITSMITH_TUNING_DB or ~/.cache/bitsmith/tuning)")
     _add_common(p)
     p.set_defaults(run=cmd_compile)
 

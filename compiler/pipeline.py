@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -117,6 +118,7 @@ class Compiled:
     quantized: Graph | None
     lowered: Graph
     plan: Any = None
+    tuning: Any = None  # backends.tuning.TuningSummary when compiled with `tune`
 
 
 def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
@@ -124,7 +126,8 @@ def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
                   constraints: Constraints | None = None, eval_fn: EvalFn | None = None,
                   recipe: str | QuantRecipe | None = None,
                   input_shapes: dict[str, tuple[int, ...]] | None = None,
-                  output_dir: str | Path | None = None, quiet: bool = False) -> Artifact:
+                  output_dir: str | Path | None = None, quiet: bool = False, tune: int | None = None,
+                  tuning_database: str | Path | None = None) -> Artifact:
     """Compile `model` for `target` and write a verified artifact (to `output_dir`, or a new
     temporary directory). Returns the loaded Artifact.
 
@@ -141,9 +144,15 @@ def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
     it, bitsmith's label-free fidelity to FP32 on the calibration data. The built artifact is checked
     against every constraint it can be measured on (size; latency where the target runs here, else
     predicted; metric drop): BudgetError names the one that failed.
+
+    With `tune=N` the backend times up to N candidate schedules of the model's convolution and matmul
+    kernels with MetaSchedule (backends/tuning.py) and uses the fastest that match their reference;
+    results go to a per-target database under `tuning_database` (default: default_tuning_database()),
+    which later compiles reuse without tuning again. `tune=0` only reuses the database.
     """
     return compile_traced(model, target, calibration=calibration, constraints=constraints, eval_fn=eval_fn,
-                          recipe=recipe, input_shapes=input_shapes, output_dir=output_dir, quiet=quiet).artifact
+                          recipe=recipe, input_shapes=input_shapes, output_dir=output_dir, quiet=quiet,
+                          tune=tune, tuning_database=tuning_database).artifact
 
 
 def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
@@ -151,11 +160,15 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
                    constraints: Constraints | None = None, eval_fn: EvalFn | None = None,
                    recipe: str | QuantRecipe | None = None,
                    input_shapes: dict[str, tuple[int, ...]] | None = None,
-                   output_dir: str | Path | None = None, quiet: bool = False,
-                   _plan_constraints: Constraints | None = None, _attempt: int = 1) -> Compiled:
+                   output_dir: str | Path | None = None, quiet: bool = False, tune: int | None = None,
+                   tuning_database: str | Path | None = None, _plan_constraints: Constraints | None = None, _attempt: int = 1) -> Compiled:
     """`compile_model`, returning the intermediate graphs and the precision plan too (reports use them)."""
     target = targets.load(target) if isinstance(target, str) else target
     backend = backend_for(target)
+    tuning = _tuning_options(tune, tuning_database)
+    if tuning is not None and not target.runs_on_host():
+        raise UsageError(f"tuning times kernels on this machine, and target {target.name!r} does not run here: "
+                         "compile without --tune, or tune on a machine of that target")
     constraints = constraints if constraints is not None and not constraints.is_empty() else None
     calibration = list(calibration) if calibration is not None else None
     requested = resolve_recipe("w8a8" if constraints is not None and recipe is None and calibration else recipe)
@@ -195,7 +208,14 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
 
             emitted = emit_relax(compiled)
         with progress.stage("build"):
-            executable = backend.build(emitted, target)
+            summary = None
+            if tuning is None:
+                executable = backend.build(emitted, target)
+            else:
+                from .backends.tuning import TuningSummary
+
+                summary = TuningSummary()
+                executable = backend.build(emitted, target, tuning, summary)
         with progress.stage("write"):
             manifest = _manifest(graph, target, model)
             extra = {GRAPH: json.dumps(graph_to_json(compiled), indent=1, sort_keys=True)}
@@ -204,6 +224,8 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
                 manifest["formats"] = _formats(active, compiled, target)
             if constraints is not None:
                 manifest["constraints"] = constraints.to_json()
+            if summary is not None:
+                manifest["tuned_kernels"] = dict(sorted(summary.replaced.items()))
             if plan is not None:
                 manifest["precision_plan"] = PLAN_FILE
                 extra[PLAN_FILE] = json.dumps(_without_timings(plan.to_json()), indent=1, sort_keys=True)
@@ -216,7 +238,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
         raise
     finally:
         progress.close()
-    result = Compiled(Artifact.load(out), graph, quantized, compiled, plan)
+    result = Compiled(Artifact.load(out), graph, quantized, compiled, plan, summary)
     if constraints is not None:
         from .budget import check_constraints, tightened_size_budget
 
@@ -227,7 +249,7 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
                      tighter.size_mb)
             return compile_traced(model, target, calibration=calibration, constraints=constraints, eval_fn=eval_fn,
                                   recipe=requested, input_shapes=input_shapes, output_dir=output_dir, quiet=quiet,
-                                  _plan_constraints=tighter, _attempt=_attempt + 1)
+                                  tune=tune, tuning_database=tuning_database, _plan_constraints=tighter, _attempt=_attempt + 1)
         try:
             check_constraints(result, constraints, feeds, eval_fn)
         finally:  # a failed budget leaves the artifact where it was asked for, for inspection
@@ -235,6 +257,27 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
                 result.artifact = result.artifact.save(output_dir)
                 shutil.rmtree(out.parent, ignore_errors=True)  # the library stays mapped; the files go
     return result
+
+
+def default_tuning_database() -> Path:
+    """Where tuning databases live unless a compile names one: $BITSMITH_TUNING_DB, else
+    $XDG_CACHE_HOME/bitsmith/tuning (~/.cache/bitsmith/tuning)."""
+    if os.environ.get("BITSMITH_TUNING_DB"):
+        return Path(os.environ["BITSMITH_TUNING_DB"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "bitsmith" / "tuning"
+
+
+def _tuning_options(tune: int | None, database: str | Path | None) -> Any:
+    if tune is None:
+        if database is not None:
+            raise UsageError("a tuning database is used only when tuning: give tune=N (--tune N; 0 reuses it only)")
+        return None
+    if isinstance(tune, bool) or not isinstance(tune, int):
+        raise UsageError(f"tune takes a number of trials (an int >= 0), not {tune!r}")
+    from .backends.tuning import TuningOptions
+
+    return TuningOptions(tune, Path(database) if database is not None else default_tuning_database())
 
 
 def _without_timings(data: Any) -> Any:
