@@ -26,7 +26,8 @@ the same peak per multiply instruction as vpmaddwd.
 Fidelity: each contender's first output on FIDELITY_BATCHES evaluation inputs against ONNX Runtime FP32
 (relative L2 error; top-1 agreement for classifier logits), to show what each integer version costs.
 
-Writes docs/results/x86_speed.json and .md. Re-run: `.venv/bin/python scripts/x86_speed.py`
+Writes docs/results/x86_speed.json and .md (`--name` for another host's results beside them, e.g.
+x86_speed_avx512). Re-run: `.venv/bin/python scripts/x86_speed.py`
 (about 10-15 min on 2 busy cores; `--cases mobilenet_v2-b1` for one case, `--repeat` for more runs).
 """
 
@@ -58,6 +59,8 @@ GOAL_VS_ORT_INT8 = 1.0
 # bitsmith's artifacts: kind -> recipe (None: FP32)
 BITSMITH_KINDS = {"fp32": None, "int8": "w8a8", "int7": "w7a8"}
 FIDELITY_BATCHES = 4
+# The exact int8 dot product bitsmith's INT8 and W7 kernels run on, per host target.
+DOT_PRODUCTS = {"x86-avx2": ("vpmaddwd", "vpmaddubsw"), "x86-avx512": ("AVX-512 VNNI vpdpbusd",) * 2}
 ARTIFACT_LABELS = {"fp32": "FP32", "int8": "INT8", "int7": "W7"}
 
 
@@ -80,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cases", nargs="*", default=[c.name for c in CASES])
     parser.add_argument("--repeat", type=int, default=20, help="timed runs of each contender after warm-up")
     parser.add_argument("--workdir", type=Path, help="where artifacts and ORT models go (default: a temporary one)")
+    parser.add_argument("--name", default="x86_speed", help="results file name in docs/results (default x86_speed)")
     parser.add_argument("--time-threads", type=int, help=argparse.SUPPRESS)  # child process: time only
     return parser.parse_args()
 
@@ -374,8 +378,8 @@ def render(doc: dict) -> str:
              f"{doc['repeat']} alternating runs after 3 warm-up runs, one real evaluation input, the same thread "
              "count for every contender. ORT INT8: quantize_static, QDQ, per-channel, MinMax (on AVX2 its u8 x s8 "
              "kernels use vpmaddubsw, which saturates int16 pair sums). bitsmith INT8: `recipe=\"w8a8\"`, "
-             "integer-lowered, exact (vpmaddwd). bitsmith W7: `recipe=\"w7a8\"`, int7 weights (reduce_range), "
-             "exact with vpmaddubsw. Goal: INT8 <= "
+             f"integer-lowered, exact ({DOT_PRODUCTS[doc['target']][0]}). bitsmith W7: `recipe=\"w7a8\"`, int7 "
+             f"weights (reduce_range), exact with {DOT_PRODUCTS[doc['target']][1]}. Goal: INT8 <= "
              f"{GOAL_VS_ORT_FP32} x ORT FP32 and <= {GOAL_VS_ORT_INT8} x ORT INT8. The host is shared: load "
              "average (1 min, before / after) beside each row.", "",
              "| case | threads | bitsmith FP32 | bitsmith INT8 | bitsmith W7 | ORT FP32 | ORT INT8 | INT8 / ORT FP32 | "
@@ -521,8 +525,8 @@ def main() -> None:
            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)], "cases": cases,
            "peak": {str(t): peak_gops(t, timings[t]["clock_ghz"]) for t in THREADS}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "x86_speed.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (RESULTS / "x86_speed.md").write_text(render(doc))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(render(doc))
     print(render(doc))
 
 
