@@ -132,7 +132,7 @@ def weight_code_bounds(mod: ir.IRModule) -> dict[str, dict[str, int]]:
         bounded = {str(name): int(bound) for name, bound in attrs.get(WEIGHT_CODE_BOUNDS_ATTR, {}).items()}
         counts = Counter(var.name for var in _defined_vars(func))
         unique = {name for name, count in counts.items() if count == 1}
-        for call in _call_tirs(func):
+        for call in call_tirs(func):
             args = list(call.args[1].fields) if isinstance(call.args[1], relax.Tuple) else [call.args[1]]
             per_call.setdefault(call.args[0], []).append(
                 {i: bound for i, bound in enumerate(_code_bound(arg, bounded, unique) for arg in args)
@@ -165,7 +165,8 @@ def _defined_vars(func: relax.Function) -> list[relax.Var]:
     return variables
 
 
-def _call_tirs(func: relax.Function) -> list[relax.Call]:
+def call_tirs(func: relax.Function) -> list[relax.Call]:
+    """The call_tir calls of a Relax function's top-level bindings."""
     call_tir = ir.Op.get("relax.call_tir")
     return [b.value for block in func.body.blocks for b in block.bindings
             if isinstance(b.value, relax.Call) and b.value.op.same_as(call_tir)]
@@ -391,7 +392,7 @@ def apply_tiled_reduction(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic 
     if choice >= len(tilings):
         return False
     tiling = tilings[choice]
-    work = _total_work(sch, anchor)
+    work = total_work(sch, anchor)
     tile_outer, tile_inner, reduce = _tile_loops(sch, anchor, loop_of_iter, tiling)
     if dot is not None:
         if tiling.cols_tile % dot.lanes or (_extent(sch, reduce[-1]) or 1) % dot.depth:
@@ -621,7 +622,8 @@ def _sblock_realize(sch: s_tir.Schedule, block):
     return tvm_ffi.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block)
 
 
-def _total_work(sch: s_tir.Schedule, block) -> int:
+def total_work(sch: s_tir.Schedule, block) -> int:
+    """Iterations of the loops around `block`."""
     total = 1
     for loop in sch.get_loops(block):
         total *= _extent(sch, loop) or 1
@@ -694,7 +696,7 @@ def _vectorize_inner_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     width = _register_vector_width(extent, lanes)
     if width < 4 or extent < 2 * width:
         return False
-    work = _total_work(sch, block)
+    work = total_work(sch, block)
     _, lane_loop = sch.split(merged, factors=[None, width])
     partials = sch.rfactor(lane_loop, factor_axis=len(sch.get(block).writes[0].region))
     outer = sch.get_loops(block)[:spatial_count]
@@ -720,7 +722,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
-    work = _total_work(sch, block)
+    work = total_work(sch, block)
     inner = loops[-1]
     inner_extent = _extent(sch, inner) or 1
     if len(loops) > 1 and inner_extent < 4:  # too short to vectorize alone: merge with its parent
@@ -755,5 +757,5 @@ def _parallel_outer_spatial(sch: s_tir.Schedule, block) -> None:
     if not leading:
         return
     fused = sch.fuse(*leading) if len(leading) > 1 else leading[0]
-    if _total_work(sch, block) >= PARALLEL_MIN_WORK and (_extent(sch, fused) or 0) > 1:
+    if total_work(sch, block) >= PARALLEL_MIN_WORK and (_extent(sch, fused) or 0) > 1:
         sch.parallel(fused)

@@ -27,6 +27,7 @@ import logging
 import re
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,8 @@ from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
 from bitsmith.errors import UsageError
 
-from .cpu_schedule import MAX_TILINGS, CPUShape, apply_tiled_reduction, tiled_reduction_dot, weight_code_bounds
+from .cpu_schedule import (MAX_TILINGS, CPUShape, apply_tiled_reduction, call_tirs, tiled_reduction_dot, total_work,
+                           weight_code_bounds)
 from .runner import configure_threads
 
 log = logging.getLogger(__name__)
@@ -445,21 +447,10 @@ def _top_level_split(index: str) -> list[str]:
 def _work(func: tirx.PrimFunc) -> int:
     """Iterations of the function's largest block: its multiply-adds for a reduction kernel."""
     sch = tvm.s_tir.Schedule(func)
-    largest = 1
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        total = 1
-        for iv in sch.get(block).iter_vars:
-            total *= int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else 1
-        largest = max(largest, total)
-    return largest
+    return max((total_work(sch, block) for block in sch.get_child_blocks(sch.get_sblock("root"))), default=1)
 
 
-def _call_counts(mod: ir.IRModule) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for _, func in mod.functions_items():
-        if isinstance(func, tvm.relax.Function):
-            def visit(expr) -> None:
-                if isinstance(expr, tvm.relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
-                    counts[expr.args[0].name_hint] = counts.get(expr.args[0].name_hint, 0) + 1
-            tvm.relax.analysis.post_order_visit(func, visit)
-    return counts
+def _call_counts(mod: ir.IRModule) -> Counter[str]:
+    """How often the module's Relax functions call each PrimFunc."""
+    return Counter(call.args[0].name_hint for _, func in mod.functions_items()
+                   if isinstance(func, tvm.relax.Function) for call in call_tirs(func))

@@ -209,13 +209,11 @@ def compile_traced(model: ModelLike, target: str | targets.Target = "host", *,
             emitted = emit_relax(compiled)
         with progress.stage("build"):
             summary = None
-            if tuning is None:
-                executable = backend.build(emitted, target)
-            else:
+            if tuning is not None:
                 from .backends.tuning import TuningSummary
 
                 summary = TuningSummary()
-                executable = backend.build(emitted, target, tuning, summary)
+            executable = backend.build(emitted, target, tuning, summary)
         with progress.stage("write"):
             manifest = _manifest(graph, target, model)
             extra = {GRAPH: json.dumps(graph_to_json(compiled), indent=1, sort_keys=True)}
