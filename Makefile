@@ -44,6 +44,7 @@ ctest: $(STAMP)
 results: $(STAMP) ctest
 	$(PY) scripts/zoo_import.py
 	$(PY) scripts/quant_accuracy.py
+	$(PY) scripts/mixed_precision.py
 	$(PY) scripts/integer_parity.py
 	$(PY) scripts/runtime_parity.py
 	$(PY) scripts/x86_speed.py

@@ -43,7 +43,7 @@ from . import __version__, latency_model, targets
 from .artifact import GRAPH, Artifact, read_verified_manifest
 from .constraints import Constraints
 from .errors import DataError, UsageError
-from .fidelity import fidelity, sqnr_db
+from .fidelity import fidelity, metric_value, sqnr_db
 from .formats import format_info
 from .ir import Graph
 from .pipeline import PLAN_FILE, Compiled, EvalFn, ModelLike, compile_traced, load_model, resolve_recipe
@@ -422,7 +422,7 @@ def _accuracy(run_fp32: Runner | None, run_quantized: Runner | None, data: Seque
         missing = "the FP32 model" if run_fp32 is None else "a way to run the artifact here"
         return {"status": f"not computed: needs {missing}", "metric": None, "value": None, "fp32": None, "drop": None}
     if eval_fn is not None:
-        reference, ours = float(eval_fn(run_fp32)), float(eval_fn(run_quantized))
+        reference, ours = metric_value(eval_fn(run_fp32)), metric_value(eval_fn(run_quantized))
         return {"status": "measured", "metric": f"eval_fn:{getattr(eval_fn, '__name__', 'metric')}", "value": ours,
                 "fp32": reference,
                 "drop": (reference - ours) / abs(reference) if reference else None, "source": source,

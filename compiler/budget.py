@@ -20,7 +20,7 @@ import numpy as np
 from . import latency_model
 from .constraints import Constraints
 from .errors import BudgetError
-from .fidelity import fidelity
+from .fidelity import fidelity, metric_value
 from .formats import format_info
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def _metric_drop(compiled: "Compiled", feeds: Sequence[Feed], eval_fn: "EvalFn |
     run_fp32 = Simulator(compiled.graph, quantized=False).run
     run_ours = compiled.artifact.run
     if eval_fn is not None:
-        reference, ours = float(eval_fn(run_fp32)), float(eval_fn(run_ours))
+        reference, ours = metric_value(eval_fn(run_fp32)), metric_value(eval_fn(run_ours))
         return (reference - ours) / abs(reference) if reference else 0.0
     if not feeds:
         raise BudgetError("max_metric_drop needs data to measure the metric on: pass calibration feeds or an eval_fn")

@@ -72,6 +72,11 @@ def fidelity(fp32: Outputs, quantized: Outputs, metric: str = "auto") -> tuple[s
     return "cosine", float(sims.mean()), {"cosine_min": float(sims.min()), "samples": len(sims)}
 
 
+def metric_value(score: Any) -> float:
+    """A user metric's value: the float it returns, or the mean of its per-sample scores."""
+    return float(np.mean(np.asarray(score, np.float64)))
+
+
 def sqnr_db(signal_energy: float, noise_energy: float) -> float:
     """10 log10(signal / noise); +inf for an exact match."""
     if noise_energy <= 0:

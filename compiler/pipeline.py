@@ -99,7 +99,7 @@ def resolve_recipe(recipe: str | QuantRecipe | None) -> QuantRecipe | None:
                      f"not {type(recipe).__name__}")
 
 
-EvalFn = Callable[[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]], float]
+EvalFn = Callable[[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]], "float | np.ndarray"]
 """A user's metric: given `run` (one feed -> {output name: array}), return a score, higher is better."""
 
 PLAN_FILE = "precision_plan.json"
@@ -140,8 +140,10 @@ def compile_model(model: ModelLike, target: str | targets.Target = "host", *,
     With `constraints` (bitsmith.Constraints: size_mb, latency_ms, max_metric_drop, ...) and calibration
     data, bitsmith.precision.plan_precision chooses each layer's format under the budget (the plan is
     kept in the artifact, precision_plan.json); without a recipe or a plan the recipe defaults to w8a8.
-    `eval_fn(run) -> score` (higher is better) is the metric `max_metric_drop` is measured with; without
-    it, bitsmith's label-free fidelity to FP32 on the calibration data. The built artifact is checked
+    `eval_fn(run) -> score` (higher is better; or one score per sample, whose mean is the metric and
+    whose spread lets the precision search bound the drop on unseen data) is the metric
+    `max_metric_drop` is measured with; without it, bitsmith's label-free fidelity to FP32 on the
+    calibration data. The built artifact is checked
     against every constraint it can be measured on (size; latency where the target runs here, else
     predicted; metric drop): BudgetError names the one that failed.
 

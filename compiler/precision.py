@@ -22,8 +22,12 @@ The steps, each a pass in bitsmith.passes:
 4. assign_precision: the ILP (scipy.optimize.milp) minimizing predicted loss within the budget
    (size, BOPs, latency); the Pareto front of size against predicted loss comes with it;
 5. with `Constraints.max_metric_drop`: bisection over the size budget for the cheapest assignment
-   whose metric (the user's `eval_fn(quantized graph) -> float`, higher is better, or the label-free
-   fidelity: mean cosine similarity of the outputs with FP32) falls by at most that fraction.
+   whose metric (the user's `eval_fn(quantized graph)`, higher is better, or the label-free fidelity:
+   mean cosine similarity of the outputs with FP32) falls by at most that fraction. When the metric
+   comes per sample (the fidelity does; an eval_fn may return one score per sample instead of their
+   mean), the bound is the one-sided `drop_confidence` upper confidence bound of the mean drop (paired
+   per-sample differences with FP32, normal approximation), so that the budget also holds on unseen
+   data of the same distribution and not only on the samples the search saw.
 
 Without any budget, the plan takes the size of uniform INT8 as its budget (when the target has INT8).
 """
@@ -35,6 +39,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable, Mapping, Sequence, cast
 
 import networkx as nx
@@ -61,7 +66,8 @@ from .recipes import LayerFormat, QuantRecipe
 from .simulate import Simulator
 
 Feed = Mapping[str, np.ndarray]
-EvalFn = Callable[[Graph], float]
+EvalFn = Callable[[Graph], "float | np.ndarray"]  # the metric, or one score per sample (mean: the metric)
+Scores = np.ndarray  # the metric's per-sample scores (one entry: only the mean is known)
 LOW_BITS = 4
 ERROR_MODELS = ("auto", "weight", "output")
 
@@ -137,7 +143,7 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
                    eval_feeds: Sequence[Feed] | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
                    pareto_points: int = 16, bisection_steps: int = 10,
                    measured_latency_ms: Mapping[str, Mapping[str, float]] | None = None,
-                   error_model: str = "auto") -> PrecisionPlan:
+                   error_model: str = "auto", drop_confidence: float | None = 0.95) -> PrecisionPlan:
     """Choose a format per weight of `graph` minimizing the predicted loss within `constraints`.
 
     formats: restrict the candidates to these names (e.g. ("int8", "int4")); default all the target lists.
@@ -148,6 +154,8 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
     measured_latency_ms: weight name -> {candidate label ("int8", "mxfp4/b32", "fp32", ...): milliseconds}
         measured on the target; replaces the cost model's prediction for those entries.
     error_model: "weight", "output" or "auto" (module docstring, step 2).
+    drop_confidence: with `max_metric_drop` and per-sample scores, the one-sided confidence with which the
+        drop stays within the budget on unseen data (module docstring, step 5); None bounds the mean only.
     When the recipe runs "gptq" (its options may limit it to low-bit layers: gptq_max_bits=4), the
     plan predicts each candidate's loss from GPTQ's solution, with the recipe's own GPTQ settings.
     """
@@ -169,8 +177,8 @@ def plan_precision(graph: Graph, calibration: Sequence[Feed], target: str | targ
     notes: list[str] = []
     if constraints.max_metric_drop is not None:
         metric = _metric(analysis.graph, eval_fn, eval_feeds or calibration)
-        solution, bisection = _bisect(problem, budgets, constraints.max_metric_drop, metric,
-                                      _builder(graph, calibration, base, analysis, groups), bisection_steps)
+        solution, bisection = _bisect(problem, budgets, DropBound(constraints.max_metric_drop, drop_confidence),
+                                      metric, _builder(graph, calibration, base, analysis, groups), bisection_steps)
     else:
         if not budgets:
             budgets, note = _default_budget(problem, analysis)
@@ -439,26 +447,61 @@ def _default_budget(problem: Problem, analysis: PrecisionAnalysis) -> tuple[dict
 # -- accuracy budget ---------------------------------------------------------------------------------
 def fidelity(reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]]) -> float:
     """Label-free fidelity: the mean over samples and outputs of the cosine similarity with FP32."""
-    values = []
+    return float(np.mean(sample_fidelity(reference, outputs)))
+
+
+def sample_fidelity(reference: Sequence[Mapping[str, np.ndarray]],
+                    outputs: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+    """The fidelity of each sample (a row of every output): its cosine with FP32, averaged over outputs."""
+    samples = []
     for ref, out in zip(reference, outputs):
+        per_output = []
         for name in ref:
             a = np.asarray(ref[name], np.float64).reshape(len(ref[name]), -1)
             b = np.asarray(out[name], np.float64).reshape(len(out[name]), -1)
             norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-            values.append((a * b).sum(1) / norms)
-    return float(np.mean(np.concatenate(values)))
+            per_output.append((a * b).sum(1) / norms)
+        samples.append(np.mean(per_output, axis=0))
+    return np.concatenate(samples)
 
 
-def _metric(graph: Graph, eval_fn: EvalFn | None, feeds: Sequence[Feed]) -> Callable[[Graph], float]:
+def _metric(graph: Graph, eval_fn: EvalFn | None, feeds: Sequence[Feed]) -> Callable[[Graph], Scores]:
     if eval_fn is not None:
-        return eval_fn
+        return lambda quantized: np.atleast_1d(np.asarray(eval_fn(quantized), np.float64))
     reference = [Simulator(graph, quantized=False).run(f) for f in feeds]
-    return lambda quantized: fidelity(reference, [Simulator(quantized).run(f) for f in feeds])
+    return lambda quantized: sample_fidelity(reference, [Simulator(quantized).run(f) for f in feeds])
 
 
-def _bisect(problem: Problem, budgets: dict[str, float], max_drop: float, metric: Callable[[Graph], float],
+@dataclass(frozen=True)
+class DropBound:
+    """Whether a metric's relative drop from FP32 is within `limit`: the mean drop, raised by the one-sided
+    `confidence` margin (z * standard error of the paired per-sample drops) when the scores are per sample."""
+
+    limit: float
+    confidence: float | None = 0.95
+
+    def __post_init__(self) -> None:
+        if self.confidence is not None and not 0.5 <= self.confidence < 1.0:
+            raise UsageError(f"drop_confidence must lie in [0.5, 1), not {self.confidence!r}")
+
+    def described(self) -> str:
+        return "" if self.confidence is None else f" (its upper {self.confidence:g} confidence bound)"
+
+    def measure(self, reference: Scores, scores: Scores) -> dict[str, float]:
+        """{"relative_drop": mean drop, "drop_bound": the value compared with the limit}."""
+        scale = abs(float(reference.mean())) or 1.0
+        drop = (float(reference.mean()) - float(scores.mean())) / scale
+        bound = drop
+        if self.confidence is not None and len(scores) > 1 and len(scores) == len(reference):
+            paired = (reference - scores) / scale
+            z = NormalDist().inv_cdf(self.confidence)
+            bound = drop + z * float(paired.std(ddof=1)) / np.sqrt(len(paired))
+        return {"relative_drop": drop, "drop_bound": bound}
+
+
+def _bisect(problem: Problem, budgets: dict[str, float], bound: DropBound, metric: Callable[[Graph], Scores],
             build: Callable[[Solution], Graph], steps: int) -> tuple[Solution, list[dict[str, Any]]]:
-    """The cheapest (by size) assignment whose relative metric drop stays within `max_drop`: bisection
+    """The cheapest (by size) assignment whose relative metric drop stays within `bound`: bisection
     over the size budget between the smallest feasible size and the size of the least-loss assignment."""
     others = {k: v for k, v in budgets.items() if k != "size_bytes"}
     ceiling = budgets.get("size_bytes")
@@ -467,27 +510,29 @@ def _bisect(problem: Problem, budgets: dict[str, float], max_drop: float, metric
     log: list[dict[str, Any]] = []
     evaluated: dict[tuple[int, ...], float] = {}
 
-    def drop_of(solution: Solution) -> float:
+    def bound_of(solution: Solution) -> float:
         key = tuple(solution.choice)
         if key not in evaluated:
-            value = metric(build(solution))
-            evaluated[key] = (reference - value) / abs(reference) if reference else reference - value
+            scores = metric(build(solution))
+            drops = bound.measure(reference, scores)
+            evaluated[key] = drops["drop_bound"]
             log.append({"size_bytes": solution.totals["size_bytes"], "predicted_loss": solution.predicted_loss,
-                        "metric": value, "reference": reference, "relative_drop": evaluated[key]})
+                        "metric": float(scores.mean()), "reference": float(reference.mean()),
+                        "samples": len(scores), **drops})
         return evaluated[key]
 
-    if drop_of(best) > max_drop:
-        raise BudgetError(f"max_metric_drop={max_drop:.6g} cannot be met: the most precise assignment within the other "
-                          f"budgets ({best.totals['size_bytes'] / 1e6:.6g} MB) already drops the metric by "
-                          f"{evaluated[tuple(best.choice)]:.6g}. Allow a drop of at least that, or add float / wider "
-                          "formats to the candidates.")
+    if bound_of(best) > bound.limit:
+        raise BudgetError(f"max_metric_drop={bound.limit:.6g} cannot be met: the most precise assignment within the "
+                          f"other budgets ({best.totals['size_bytes'] / 1e6:.6g} MB) already drops the metric by "
+                          f"{evaluated[tuple(best.choice)]:.6g}{bound.described()}. Allow a drop of at least that, "
+                          "evaluate on more samples, or add float / wider formats to the candidates.")
     low = cast(float, smallest_feasible(problem, "size_bytes", others))  # `best` is feasible, so some size is
     high = best.totals["size_bytes"]
     for _ in range(steps):
         if high - low <= 1e-3 * high:
             break
         middle = solve(problem, {**others, "size_bytes": (low + high) / 2})
-        if drop_of(middle) <= max_drop:
+        if bound_of(middle) <= bound.limit:
             best, high = middle, middle.totals["size_bytes"]
         else:
             low = (low + high) / 2

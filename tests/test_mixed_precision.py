@@ -246,6 +246,27 @@ def test_accuracy_budget_bisects_to_the_cheapest_plan_within_the_drop(tmp_path):
     assert plan.totals["size_bytes"] == min(step["size_bytes"] for step in within)
 
 
+def test_accuracy_budget_on_per_sample_scores_bounds_the_drop_with_confidence(tmp_path):
+    """With per-sample fidelity, a plan is accepted on the upper 95% bound of its mean drop (not the mean),
+    so it is never smaller than the plan that bounds the mean alone, and every accepted step's bound is
+    within the budget while its mean drop lies below that bound."""
+    graph, data = mlp(), feeds(4)
+    options = dict(formats=("int8", "int4", "fp32"), cache_dir=tmp_path,
+                   settings=HutchinsonSettings(min_probes=8, max_probes=8))
+    budget = Constraints(max_metric_drop=0.002)
+    bounded = plan_precision(graph, data, "x86-avx2", budget, drop_confidence=0.95, **options)
+    mean_only = plan_precision(graph, data, "x86-avx2", budget, drop_confidence=None, **options)
+    steps = [s for s in bounded.bisection if s["relative_drop"] > 0]
+    assert steps and all(s["samples"] == 4 * BATCH and s["drop_bound"] > s["relative_drop"] for s in steps)
+    assert all(s["drop_bound"] == s["relative_drop"] for s in mean_only.bisection)
+    chosen = next(s for s in bounded.bisection if s["size_bytes"] == bounded.totals["size_bytes"])
+    assert chosen["drop_bound"] <= 0.002
+    assert bounded.totals["size_bytes"] >= mean_only.totals["size_bytes"]
+    with pytest.raises(UsageError, match="drop_confidence must lie in"):
+        plan_precision(graph, data, "x86-avx2", budget, drop_confidence=1.5, **options)
+
+
+
 def test_peak_activation_budget_below_the_model_states_the_smallest(tmp_path):
     with pytest.raises(BudgetError, match=r"peak_activation_mb=1e-06 is below the smallest feasible [0-9.e-]+ MB"):
         plan_precision(mlp(), feeds(1), "x86-avx2", Constraints(peak_activation_mb=1e-6), cache_dir=tmp_path,
