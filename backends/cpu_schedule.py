@@ -89,14 +89,25 @@ class CPUShape:
     vector_bits: int = 256
     vector_registers: int = 16
     int8_dots: tuple[DotIntrinsic, ...] = ()
+    # Accumulators a default tile keeps in flight. About a multiply-add's latency times its ports
+    # (4-5 cycles x 2) hide the latency; more only crowd the registers the operands need (a depthwise
+    # convolution's unrolled taps, the epilogue's constants). Measured on AVX-512 (Zen 4) by timing every
+    # tile shape of PP-OCRv4 det's, MobileNetV2's and MiniLM's int8 kernels (`--tune`): tiles of 20-24
+    # accumulators ran up to 2.7x slower than tiles of 10-15; on AVX2 the registers cap tiles at 12.
+    max_accumulators: int = 12
 
     def lanes(self, dtype_bits: int) -> int:
         return max(self.vector_bits // dtype_bits, 1)
 
     @property
     def accumulator_budget(self) -> int:
-        """Vector registers the tiled-reduction accumulator may occupy (the rest hold operands)."""
+        """Vector registers a tiled-reduction accumulator may occupy (the rest hold operands): the tile
+        shapes tuning may try. The default tile stays within `max_accumulators` as well."""
         return max(self.vector_registers * 3 // 4, 4)
+
+    @property
+    def default_accumulators(self) -> int:
+        return max(min(self.accumulator_budget, self.max_accumulators), 4)
 
 
 @module_pass(opt_level=0, name="ScheduleCPU")
@@ -469,21 +480,38 @@ def _producers(sch: s_tir.Schedule, anchor_name: str) -> list:
 
 # At most this many tile shapes per kernel are offered to tuning (backends/tuning.py).
 MAX_TILINGS = 16
+# Bump when `tiling_candidates` changes its list (the default above all): tuning records name a shape by
+# its position, so each version keeps a database of its own.
+TILINGS_VERSION = 2
+
+
+def tile_shapes(func: tirx.PrimFunc, cpu: CPUShape, weight_bounds: dict[str, int] | None = None) -> list[tuple[int, int]]:
+    """(rows_tile, cols_tile) of each tiling candidate of `func` (the default first), on the dot-product
+    intrinsic its default schedule uses; [] where the tiled reduction does not apply."""
+    applies, dot = tiled_reduction_dot(func, cpu, weight_bounds)
+    sch = s_tir.Schedule(func)
+    parts = _anchor_with_neighbours(sch) if applies else None
+    if parts is None:
+        return []
+    anchor = parts[0]
+    loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
+    lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
+    return [(t.rows_tile, t.cols_tile) for t in tiling_candidates(sch, anchor, loop_of_iter, cpu, dot, lanes)]
 
 
 def tiling_candidates(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, dot: DotIntrinsic | None,
                       lanes: int) -> list[_Tiling]:
     """The tile shapes the tiled reduction may use, the default (the cost heuristic's choice) first."""
     if dot is None:
-        return _plain_tilings(sch, anchor, loop_of_iter, cpu.accumulator_budget, lanes)[:MAX_TILINGS]
+        return _plain_tilings(sch, anchor, loop_of_iter, cpu, lanes)[:MAX_TILINGS]
     return _dot_tilings(sch, anchor, loop_of_iter, cpu, dot)[:MAX_TILINGS]
 
 
-def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, budget: int, lanes: int) -> list[_Tiling]:
+def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, lanes: int) -> list[_Tiling]:
     """cols = the iter var of the output's innermost axis, rows = the next wide one. Default: the column
     tile of `_choose_cols_tile` and the most rows whose rows_tile x cols_tile accumulator fits in
-    `budget` vector registers; then every other column tile of 1-4 vectors dividing the columns with
-    each row tile that fits, largest accumulators first."""
+    `cpu.default_accumulators` vector registers; then every column tile of 1-4 vectors dividing the
+    columns with each row tile within `cpu.accumulator_budget`, largest accumulators first."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
 
@@ -497,12 +525,14 @@ def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, budget: int,
     if not rows:
         return [_Tiling(cols_var, c, None, 1) for c in cols_tiles]
     row_extent = extent(rows[-1])
-    tilings: list[_Tiling] = []
-    for cols_tile in cols_tiles:
-        row_budget = max(budget // (cols_tile // _register_vector_width(cols_tile, lanes)), 1)
-        row_tiles = sorted({_choose_rows_tile(row_extent, limit) for limit in range(1, row_budget + 1)}, reverse=True)
-        tilings += [_Tiling(cols_var, cols_tile, rows[-1], r) for r in row_tiles]
-    default, others = tilings[0], tilings[1:]
+
+    def row_tiles(cols_tile: int, accumulators: int) -> list[int]:
+        limit = max(accumulators // (cols_tile // _register_vector_width(cols_tile, lanes)), 1)
+        return sorted({_choose_rows_tile(row_extent, r) for r in range(1, limit + 1)}, reverse=True)
+
+    default = _Tiling(cols_var, default_cols, rows[-1], row_tiles(default_cols, cpu.default_accumulators)[0])
+    others = [_Tiling(cols_var, c, rows[-1], r) for c in cols_tiles for r in row_tiles(c, cpu.accumulator_budget)]
+    others = [t for t in others if (t.cols_tile, t.rows_tile) != (default.cols_tile, default.rows_tile)]
     return [default] + sorted(others, key=lambda t: -t.rows_tile * t.cols_tile)
 
 
@@ -516,7 +546,9 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
     exactly (a partial tile's predicate defeats tensorize), within the vector registers (R x V
     accumulators, V weight vectors, the intrinsic's scratch). Per `depth` reduction steps the tile costs
     R broadcasts (`broadcast_ops` each), V weight loads and R x V intrinsics: ordered by the overhead
-    per product, broadcast_ops / V + 1 / R, least first (the default); ties: the larger tile first."""
+    per product, broadcast_ops / V + 1 / R, least first, among the tiles of at most
+    `cpu.max_accumulators` accumulators (the first is the default), then the larger ones; ties: the
+    larger tile first."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
 
@@ -531,7 +563,8 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
         for rows_tile in (d for d in range(1, row_extent + 1) if row_extent % d == 0):
             if rows_tile * vectors + vectors + dot.scratch_registers > cpu.vector_registers:
                 break
-            shapes.append(((dot.broadcast_ops / vectors + 1 / rows_tile, -rows_tile * vectors), rows_tile, vectors))
+            shapes.append(((rows_tile * vectors > cpu.max_accumulators, dot.broadcast_ops / vectors + 1 / rows_tile,
+                            -rows_tile * vectors), rows_tile, vectors))
     return [_Tiling(cols_var, vectors * dot.lanes, rows[-1] if rows else None, rows_tile)
             for _, rows_tile, vectors in sorted(shapes, key=lambda shape: shape[0])]
 

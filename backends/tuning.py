@@ -12,7 +12,7 @@ database that the next compile of the same kernels reuses without tuning.
   this process may use: backends/runner.configure_threads). Time-outs are set for 2-core
   machines, where a builder worker starts by importing TVM (~30 s).
 - **Database**: MetaSchedule's JSONDatabase (workloads and tuning records as JSON lines), one directory
-  per target under the database root. A kernel is a workload: its PrimFunc and the bounds of its integer
+  per target (and version of the template's tile shapes) under the database root. A kernel is a workload: its PrimFunc and the bounds of its integer
   weights (they decide which dot-product intrinsic is exact). A kernel with records is never tuned again.
 - **Check before use**: a kernel whose best record is not the default shape runs on random inputs next
   to the same kernel unscheduled (TVM's plain loop nest): integer outputs must match bit for bit, float
@@ -46,7 +46,7 @@ from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
 from bitsmith.errors import UsageError
 
-from .cpu_schedule import (MAX_TILINGS, CPUShape, apply_tiled_reduction, call_tirs, tiled_reduction_dot, total_work,
+from .cpu_schedule import (MAX_TILINGS, TILINGS_VERSION, CPUShape, apply_tiled_reduction, call_tirs, tiled_reduction_dot, total_work,
                            weight_code_bounds)
 from .runner import configure_threads
 
@@ -103,7 +103,9 @@ class TuningSummary:
 
 
 def database_dir(root: Path, target_name: str) -> Path:
-    return Path(root) / target_name
+    """The target's database, one per version of the template's tile shape list: a record names its
+    shape by its position in that list, and position 0 (the default) must mean the default."""
+    return Path(root) / target_name / f"tilings-v{TILINGS_VERSION}"
 
 
 @module_pass(opt_level=0, name="TuneCPU")

@@ -23,7 +23,7 @@ from tvm.s_tir import meta_schedule as ms
 from bitsmith import cli, zoo
 from bitsmith.artifact import Artifact
 from bitsmith.backends import tuning, x86
-from bitsmith.backends.cpu_schedule import MAX_TILINGS, schedule_tiled_reduction, weight_code_bounds
+from bitsmith.backends.cpu_schedule import MAX_TILINGS, schedule_tiled_reduction, tile_shapes, weight_code_bounds
 from bitsmith.errors import UsageError
 from bitsmith.pipeline import compile_traced
 from bitsmith.targets import load
@@ -68,7 +68,7 @@ def test_the_first_compile_tunes_every_kernel_and_the_second_reuses_the_database
     assert first.tuning.tuned == first.tuning.kernels and first.tuning.from_database == 0
     assert first.tuning.kernels < first.tuning.trials <= first.tuning.kernels * MAX_TILINGS
     assert first.tuning.tuning_seconds > 0
-    records = (database / load("host").name / "database_tuning_record.json").read_text().splitlines()
+    records = (tuning.database_dir(database, load("host").name) / "database_tuning_record.json").read_text().splitlines()
     assert len(records) == first.tuning.trials
     assert second.tuning.from_database == second.tuning.kernels == first.tuning.kernels
     assert second.tuning.trials == 0 and second.tuning.tuned == 0 and second.tuning.tuning_seconds == 0
@@ -84,7 +84,7 @@ def test_a_tuned_artifact_equals_the_untuned_one_bit_for_bit(rnet, untuned, tune
             np.testing.assert_array_equal(got[name], want[name])
 
 
-def rnet_kernels(rnet):
+def rnet_kernels(rnet, target_name: str = "host"):
     """The x86 scheduling input of RNet's W8A8 graph (before ScheduleCPU) and its tunable workloads."""
     from bitsmith.backends.relax_emit import emit_relax
     from bitsmith.passes.lower_integer import lower_integer
@@ -94,7 +94,7 @@ def rnet_kernels(rnet):
 
     path, calibration, _ = rnet
     lowered = lower_integer(quantize(load_model(path, zoo.input_shapes(MODEL)), preset(RECIPE), calibration, quiet=True))
-    target = load("host")
+    target = load(target_name)
     passes = x86.scheduling_passes(x86.cpu_shape(target))
     before_schedule = passes[:[type(p).__name__ for p in passes].index("ScheduleCPU")]
     with x86.tvm_target(target):
@@ -232,3 +232,21 @@ def test_bad_tuning_options_are_usage_errors(rnet, tmp_path, capsys):
                      "--tune", "-3"])
     assert code == 2 and "--tune takes a number of trials >= 0, not -3" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+
+def test_the_default_tile_keeps_at_most_max_accumulators_and_tuning_may_try_larger_ones(rnet):
+    """On AVX-512 (32 registers) each RNet kernel's default tile holds at most CPUShape.max_accumulators
+    accumulators (measured: 20-24 ran up to 2.7x slower than 10-15 on Zen 4); larger tiles stay tuning
+    candidates."""
+    target, mod, workloads = rnet_kernels(rnet, "x86-avx512")
+    cpu = x86.cpu_shape(target)
+    lanes = 16  # int32 / float32 lanes of a 512-bit vector
+    bounds = weight_code_bounds(mod)
+    accumulators = []
+    for gvar, (workload, _) in workloads.items():
+        shapes = tile_shapes(workload["main"], cpu, bounds.get(gvar.name_hint, {}))
+        accumulators.append([rows * -(-cols // lanes) for rows, cols in shapes])
+    assert all(a[0] <= cpu.max_accumulators for a in accumulators)
+    assert max(a[0] for a in accumulators) >= 8  # wide kernels fill the registers they may
+    assert any(max(a) > cpu.max_accumulators for a in accumulators)
