@@ -105,9 +105,6 @@ class CPUShape:
         shapes tuning may try. The default tile stays within `max_accumulators` as well."""
         return max(self.vector_registers * 3 // 4, 4)
 
-    @property
-    def default_accumulators(self) -> int:
-        return max(min(self.accumulator_budget, self.max_accumulators), 4)
 
 
 @module_pass(opt_level=0, name="ScheduleCPU")
@@ -510,7 +507,7 @@ def tiling_candidates(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUS
 def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, lanes: int) -> list[_Tiling]:
     """cols = the iter var of the output's innermost axis, rows = the next wide one. Default: the column
     tile of `_choose_cols_tile` and the most rows whose rows_tile x cols_tile accumulator fits in
-    `cpu.default_accumulators` vector registers; then every column tile of 1-4 vectors dividing the
+    `cpu.max_accumulators` full-width vector registers; then every column tile of 1-4 vectors dividing the
     columns with each row tile within `cpu.accumulator_budget`, largest accumulators first."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
@@ -526,12 +523,16 @@ def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShap
         return [_Tiling(cols_var, c, None, 1) for c in cols_tiles]
     row_extent = extent(rows[-1])
 
-    def row_tiles(cols_tile: int, accumulators: int) -> list[int]:
-        limit = max(accumulators // (cols_tile // _register_vector_width(cols_tile, lanes)), 1)
+    def row_tiles(cols_tile: int, default: bool) -> list[int]:
+        width = _register_vector_width(cols_tile, lanes)
+        registers = cpu.accumulator_budget
+        if default:  # max_accumulators counts full-width vectors: narrower ones hold less work in flight
+            registers = min(registers, max(cpu.max_accumulators * lanes // width, 4))
+        limit = max(registers // (cols_tile // width), 1)
         return sorted({_choose_rows_tile(row_extent, r) for r in range(1, limit + 1)}, reverse=True)
 
-    default = _Tiling(cols_var, default_cols, rows[-1], row_tiles(default_cols, cpu.default_accumulators)[0])
-    others = [_Tiling(cols_var, c, rows[-1], r) for c in cols_tiles for r in row_tiles(c, cpu.accumulator_budget)]
+    default = _Tiling(cols_var, default_cols, rows[-1], row_tiles(default_cols, True)[0])
+    others = [_Tiling(cols_var, c, rows[-1], r) for c in cols_tiles for r in row_tiles(c, False)]
     others = [t for t in others if (t.cols_tile, t.rows_tile) != (default.cols_tile, default.rows_tile)]
     return [default] + sorted(others, key=lambda t: -t.rows_tile * t.cols_tile)
 
@@ -547,8 +548,8 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
     accumulators, V weight vectors, the intrinsic's scratch). Per `depth` reduction steps the tile costs
     R broadcasts (`broadcast_ops` each), V weight loads and R x V intrinsics: ordered by the overhead
     per product, broadcast_ops / V + 1 / R, least first, among the tiles of at most
-    `cpu.max_accumulators` accumulators (the first is the default), then the larger ones; ties: the
-    larger tile first."""
+    `cpu.max_accumulators` full-width accumulators (the first is the default), then the larger ones;
+    ties: the larger tile first."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
 
@@ -558,12 +559,15 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
     cols_var, col_vectors = axis_iters[-1], extent(axis_iters[-1]) // dot.lanes
     rows = [v for v in axis_iters[:-1] if extent(v) not in (None, 1)]
     row_extent = extent(rows[-1]) if rows else 1
+    # max_accumulators counts full-width vectors: a narrower intrinsic's (AVX2's 8 lanes on AVX-512)
+    # accumulators each hold less work in flight, so as many more of them are allowed.
+    most = cpu.max_accumulators * max(cpu.vector_bits // (dot.lanes * 32), 1)
     shapes = []
     for vectors in (v for v in range(1, MAX_DOT_VECTORS + 1) if col_vectors % v == 0):
         for rows_tile in (d for d in range(1, row_extent + 1) if row_extent % d == 0):
             if rows_tile * vectors + vectors + dot.scratch_registers > cpu.vector_registers:
                 break
-            shapes.append(((rows_tile * vectors > cpu.max_accumulators, dot.broadcast_ops / vectors + 1 / rows_tile,
+            shapes.append(((rows_tile * vectors > most, dot.broadcast_ops / vectors + 1 / rows_tile,
                             -rows_tile * vectors), rows_tile, vectors))
     return [_Tiling(cols_var, vectors * dot.lanes, rows[-1] if rows else None, rows_tile)
             for _, rows_tile, vectors in sorted(shapes, key=lambda shape: shape[0])]
