@@ -492,6 +492,8 @@ def tile_shapes(func: tirx.PrimFunc, cpu: CPUShape, weight_bounds: dict[str, int
         return []
     anchor = parts[0]
     loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
+    if loop_of_iter is None:
+        return []
     lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
     return [(t.rows_tile, t.cols_tile) for t in tiling_candidates(sch, anchor, loop_of_iter, cpu, dot, lanes)]
 
