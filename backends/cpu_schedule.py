@@ -105,6 +105,10 @@ class CPUShape:
         shapes tuning may try. The default tile stays within `max_accumulators` as well."""
         return max(self.vector_registers * 3 // 4, 4)
 
+    def default_accumulators(self, register_lanes: int, full_lanes: int) -> int:
+        """Accumulators of `register_lanes` lanes a default tile may keep: `max_accumulators` counts
+        full-width vectors of `full_lanes`, and a narrower one holds less work in flight."""
+        return self.max_accumulators * max(full_lanes // register_lanes, 1)
 
 
 @module_pass(opt_level=0, name="ScheduleCPU")
@@ -386,17 +390,10 @@ def apply_tiled_reduction(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic 
     """Schedule `sch` (in place, every step on it: a traced schedule replays) with the tiled reduction
     and the `choice`-th tile shape of `tiling_candidates` (0: the default one). False when the rule or
     that choice does not apply (`sch` is then partly transformed: discard it)."""
-    parts = _anchor_with_neighbours(sch)
-    if parts is None:
+    setup = _tiling_setup(sch, cpu, dot, weight_bounds)
+    if setup is None:
         return False
-    anchor, producers, consumers = parts
-    if dot is not None and not _is_int8_dot(sch, anchor, dot, weight_bounds):
-        return False
-    loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
-    if loop_of_iter is None:
-        return False
-    lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
-    tilings = tiling_candidates(sch, anchor, loop_of_iter, cpu, dot, lanes)
+    anchor, producers, consumers, loop_of_iter, lanes, tilings = setup
     if choice >= len(tilings):
         return False
     tiling = tilings[choice]
@@ -432,6 +429,24 @@ def apply_tiled_reduction(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic 
         update = sch.get_sblock(update_name)
         sch.tensorize(sch.get_loops(update)[-2], dot.name)
     return True
+
+
+def _tiling_setup(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic | None,
+                  weight_bounds: dict[str, int] | None):
+    """(anchor, producers, consumers, loop of each iter var, lanes, tiling candidates) of the tiled
+    reduction on `sch` (producers inlined), or None where the rule or `dot` does not apply."""
+    parts = _anchor_with_neighbours(sch)
+    if parts is None:
+        return None
+    anchor, producers, consumers = parts
+    if dot is not None and not _is_int8_dot(sch, anchor, dot, weight_bounds):
+        return None
+    loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
+    if loop_of_iter is None:
+        return None
+    lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
+    tilings = tiling_candidates(sch, anchor, loop_of_iter, cpu, dot, lanes)
+    return anchor, producers, consumers, loop_of_iter, lanes, tilings
 
 
 def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: dict[str, int] | None) -> bool:
@@ -482,20 +497,13 @@ MAX_TILINGS = 16
 TILINGS_VERSION = 2
 
 
-def tile_shapes(func: tirx.PrimFunc, cpu: CPUShape, weight_bounds: dict[str, int] | None = None) -> list[tuple[int, int]]:
+def tile_shapes(func: tirx.PrimFunc, cpu: CPUShape,
+                weight_bounds: dict[str, int] | None = None) -> list[tuple[int, int]]:
     """(rows_tile, cols_tile) of each tiling candidate of `func` (the default first), on the dot-product
     intrinsic its default schedule uses; [] where the tiled reduction does not apply."""
     applies, dot = tiled_reduction_dot(func, cpu, weight_bounds)
-    sch = s_tir.Schedule(func)
-    parts = _anchor_with_neighbours(sch) if applies else None
-    if parts is None:
-        return []
-    anchor = parts[0]
-    loop_of_iter = _loop_of_iter(sch, anchor, sch.get_loops(anchor))
-    if loop_of_iter is None:
-        return []
-    lanes = cpu.lanes(sch.get(anchor).writes[0].source.dtype.bits)
-    return [(t.rows_tile, t.cols_tile) for t in tiling_candidates(sch, anchor, loop_of_iter, cpu, dot, lanes)]
+    setup = _tiling_setup(s_tir.Schedule(func), cpu, dot, weight_bounds) if applies else None
+    return [] if setup is None else [(t.rows_tile, t.cols_tile) for t in setup[-1]]
 
 
 def tiling_candidates(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape, dot: DotIntrinsic | None,
@@ -528,8 +536,8 @@ def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShap
     def row_tiles(cols_tile: int, default: bool) -> list[int]:
         width = _register_vector_width(cols_tile, lanes)
         registers = cpu.accumulator_budget
-        if default:  # max_accumulators counts full-width vectors: narrower ones hold less work in flight
-            registers = min(registers, max(cpu.max_accumulators * lanes // width, 4))
+        if default:
+            registers = min(registers, max(cpu.default_accumulators(width, lanes), 4))
         limit = max(registers // (cols_tile // width), 1)
         return sorted({_choose_rows_tile(row_extent, r) for r in range(1, limit + 1)}, reverse=True)
 
@@ -561,9 +569,7 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
     cols_var, col_vectors = axis_iters[-1], extent(axis_iters[-1]) // dot.lanes
     rows = [v for v in axis_iters[:-1] if extent(v) not in (None, 1)]
     row_extent = extent(rows[-1]) if rows else 1
-    # max_accumulators counts full-width vectors: a narrower intrinsic's (AVX2's 8 lanes on AVX-512)
-    # accumulators each hold less work in flight, so as many more of them are allowed.
-    most = cpu.max_accumulators * max(cpu.vector_bits // (dot.lanes * 32), 1)
+    most = cpu.default_accumulators(dot.lanes, cpu.lanes(32))  # int32 accumulators; AVX2's 8 lanes on AVX-512
     shapes = []
     for vectors in (v for v in range(1, MAX_DOT_VECTORS + 1) if col_vectors % v == 0):
         for rows_tile in (d for d in range(1, row_extent + 1) if row_extent % d == 0):

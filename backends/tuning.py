@@ -12,8 +12,9 @@ database that the next compile of the same kernels reuses without tuning.
   this process may use: backends/runner.configure_threads). Time-outs are set for 2-core
   machines, where a builder worker starts by importing TVM (~30 s).
 - **Database**: MetaSchedule's JSONDatabase (workloads and tuning records as JSON lines), one directory
-  per target (and version of the template's tile shapes) under the database root. A kernel is a workload: its PrimFunc and the bounds of its integer
-  weights (they decide which dot-product intrinsic is exact). A kernel with records is never tuned again.
+  per target (and version of the template's tile shapes) under the database root. A kernel is a
+  workload: its PrimFunc and the bounds of its integer weights (they decide which dot-product intrinsic
+  is exact). A kernel with records is never tuned again.
 - **Check before use**: a kernel whose best record is not the default shape runs on random inputs next
   to the same kernel unscheduled (TVM's plain loop nest): integer outputs must match bit for bit, float
   ones within FLOAT_TOLERANCE. A kernel that fails keeps the default schedule (logged, and counted in
@@ -46,8 +47,8 @@ from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
 from bitsmith.errors import UsageError
 
-from .cpu_schedule import (MAX_TILINGS, TILINGS_VERSION, CPUShape, apply_tiled_reduction, call_tirs, tiled_reduction_dot, total_work,
-                           weight_code_bounds)
+from .cpu_schedule import (MAX_TILINGS, TILINGS_VERSION, CPUShape, apply_tiled_reduction, call_tirs,
+                           tiled_reduction_dot, total_work, weight_code_bounds)
 from .runner import configure_threads
 
 log = logging.getLogger(__name__)

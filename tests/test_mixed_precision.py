@@ -266,7 +266,6 @@ def test_accuracy_budget_on_per_sample_scores_bounds_the_drop_with_confidence(tm
         plan_precision(graph, data, "x86-avx2", budget, drop_confidence=1.5, **options)
 
 
-
 def test_peak_activation_budget_below_the_model_states_the_smallest(tmp_path):
     with pytest.raises(BudgetError, match=r"peak_activation_mb=1e-06 is below the smallest feasible [0-9.e-]+ MB"):
         plan_precision(mlp(), feeds(1), "x86-avx2", Constraints(peak_activation_mb=1e-6), cache_dir=tmp_path,

@@ -68,7 +68,8 @@ def test_the_first_compile_tunes_every_kernel_and_the_second_reuses_the_database
     assert first.tuning.tuned == first.tuning.kernels and first.tuning.from_database == 0
     assert first.tuning.kernels < first.tuning.trials <= first.tuning.kernels * MAX_TILINGS
     assert first.tuning.tuning_seconds > 0
-    records = (tuning.database_dir(database, load("host").name) / "database_tuning_record.json").read_text().splitlines()
+    directory = tuning.database_dir(database, load("host").name)
+    records = (directory / "database_tuning_record.json").read_text().splitlines()
     assert len(records) == first.tuning.trials
     assert second.tuning.from_database == second.tuning.kernels == first.tuning.kernels
     assert second.tuning.trials == 0 and second.tuning.tuned == 0 and second.tuning.tuning_seconds == 0
@@ -232,7 +233,6 @@ def test_bad_tuning_options_are_usage_errors(rnet, tmp_path, capsys):
                      "--tune", "-3"])
     assert code == 2 and "--tune takes a number of trials >= 0, not -3" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
-
 
 
 def test_the_default_tile_keeps_at_most_max_accumulators_and_tuning_may_try_larger_ones(rnet):
