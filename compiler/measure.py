@@ -6,6 +6,7 @@ the same inputs and thread count, and compared by the ratio of their medians.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -107,3 +108,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+
+
+def write_results(directory: Path, name: str, doc: Mapping[str, Any], markdown: str) -> None:
+    """Write the evidence `name`.json (the data) and `name`.md (its rendering) under `directory`. Each file
+    is written beside its place and then renamed over it, so an interrupted run leaves no half a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, text in ((directory / f"{name}.json", json.dumps(doc, indent=1) + "\n"), (directory / f"{name}.md", markdown)):
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text)
+        partial.replace(path)

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import reliability_cases as rc  # noqa: E402  (the table shared with tests/test_reliability.py)
+from bitsmith.measure import write_results  # noqa: E402
 from bitsmith.pipeline import versions  # noqa: E402
 
 RESULTS = REPO / "docs" / "results"
@@ -145,9 +146,7 @@ def main() -> int:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "versions": versions(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "reliability.json").write_text(json.dumps(data, indent=1) + "\n")
-    (RESULTS / "reliability.md").write_text(markdown(data))
+    write_results(RESULTS, "reliability", data, markdown(data))
     failed = [r["case"] for r in rows if r.get("pass") is False]
     bad_kills = [k["aimed_at"] for k in kills if not k["verified"] or k["output"] not in ("previous", "new")]
     nondeterministic = [f"{d['model']}/{d['precision']}" for d in determinism if not d["identical"]]

@@ -54,7 +54,7 @@ os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before TVM's thread pool ex
 import numpy as np  # noqa: E402
 
 import bitsmith  # noqa: E402
-from bitsmith.measure import median  # noqa: E402
+from bitsmith.measure import median, write_results  # noqa: E402
 
 
 def load_case(case_dir: Path) -> tuple[dict, list[dict[str, Path]]]:
@@ -181,9 +181,7 @@ def main() -> None:
     doc = {"threads": ARGS.threads, "rounds": ARGS.rounds, "runs": ARGS.runs, "samples": min(m["samples"] for m in models.values()),
            "cpu": cpu_name(),
            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)], "bitsmith_version": bitsmith.__version__, "models": models}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "runtime_parity.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (RESULTS / "runtime_parity.md").write_text(render(doc))
+    write_results(RESULTS, "runtime_parity", doc, render(doc))
     print(render(doc))
 
 

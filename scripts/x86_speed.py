@@ -492,6 +492,7 @@ def main() -> None:
     import onnxruntime
 
     import bitsmith
+    from bitsmith.measure import write_results
     from bitsmith.targets import load
 
     selected = [c for c in CASES if c.name in args.cases]
@@ -524,9 +525,7 @@ def main() -> None:
            "bitsmith_version": bitsmith.__version__, "repeat": args.repeat, "threads": list(THREADS),
            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)], "cases": cases,
            "peak": {str(t): peak_gops(t, timings[t]["clock_ghz"]) for t in THREADS}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(render(doc))
+    write_results(RESULTS, args.name, doc, render(doc))
     print(render(doc))
 
 

@@ -20,7 +20,6 @@ Writes docs/results/x86_tuning.json and .md. Re-run: `.venv/bin/python scripts/x
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -165,6 +164,7 @@ def main() -> None:
     import onnxruntime
 
     import bitsmith
+    from bitsmith.measure import write_results
     from bitsmith.targets import load
 
     selected = [c for c in CASES if c.name in args.cases]
@@ -181,9 +181,7 @@ def main() -> None:
            "onnxruntime": onnxruntime.__version__, "bitsmith_version": bitsmith.__version__,
            "repeat": args.repeat, "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
            "cases": cases}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "x86_tuning.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (RESULTS / "x86_tuning.md").write_text(render(doc))
+    write_results(RESULTS, "x86_tuning", doc, render(doc))
     print(render(doc))
 
 
