@@ -494,7 +494,7 @@ def _producers(sch: s_tir.Schedule, anchor_name: str) -> list:
 MAX_TILINGS = 16
 # Bump when `tiling_candidates` changes its list (the default above all): tuning records name a shape by
 # its position, so each version keeps a database of its own.
-TILINGS_VERSION = 2
+TILINGS_VERSION = 3
 
 
 def tile_shapes(func: tirx.PrimFunc, cpu: CPUShape,
@@ -547,7 +547,8 @@ def _plain_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShap
     return [default] + sorted(others, key=lambda t: -t.rows_tile * t.cols_tile)
 
 
-# The widest column tile a dot-product schedule considers, in intrinsic widths (vector registers).
+# The widest column tile a dot-product schedule considers, in full-width vectors (int32 lanes): 4 vectors
+# of a 16-lane intrinsic, 16 of a 4-lane one (which then amortize each broadcast over as many columns).
 MAX_DOT_VECTORS = 4
 
 
@@ -570,8 +571,9 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
     rows = [v for v in axis_iters[:-1] if extent(v) not in (None, 1)]
     row_extent = extent(rows[-1]) if rows else 1
     most = cpu.default_accumulators(dot.lanes, cpu.lanes(32))  # int32 accumulators; AVX2's 8 lanes on AVX-512
+    widest = MAX_DOT_VECTORS * max(cpu.lanes(32) // dot.lanes, 1)
     shapes = []
-    for vectors in (v for v in range(1, MAX_DOT_VECTORS + 1) if col_vectors % v == 0):
+    for vectors in (v for v in range(1, widest + 1) if col_vectors % v == 0):
         for rows_tile in (d for d in range(1, row_extent + 1) if row_extent % d == 0):
             if rows_tile * vectors + vectors + dot.scratch_registers > cpu.vector_registers:
                 break

@@ -62,11 +62,16 @@ def tvm_target(target: Target | str) -> tvm.target.Target:
 
 def cpu_shape(target: Target) -> CPUShape:
     """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16),
-    and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it,
+    and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it (with
+    AVX-512 VL also its ymm and xmm forms, for 8k- and 4k-channel outputs),
     else AVX2's vpmaddubsw for weights of at most 7 bits and vpmaddwd for the others."""
     wide = target.vector_bits >= 512
     vnni = "avx512_vnni" in target.host_features and wide
-    dots: tuple[x86_intrinsics.DotIntrinsic, ...] = (x86_intrinsics.DOT_16X4_VNNI,) if vnni else ()
+    dots: tuple[x86_intrinsics.DotIntrinsic, ...] = ()
+    if vnni:
+        dots = (x86_intrinsics.DOT_16X4_VNNI,)
+        if "avx512vl" in target.host_features:
+            dots += (x86_intrinsics.DOT_8X4_VNNI, x86_intrinsics.DOT_4X4_VNNI)
     if "avx2" in target.host_features or wide:
         dots += (x86_intrinsics.DOT_8X4_AVX2_NARROW, x86_intrinsics.DOT_8X2_AVX2_U8, x86_intrinsics.DOT_8X2_AVX2_I8)
     return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if wide else 16, int8_dots=dots)

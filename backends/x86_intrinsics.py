@@ -9,7 +9,10 @@ weights packed [lane][depth], contiguous). Every one computes exactly what the l
 computes, int32 wrap-around included. The accumulators live in a tile buffer (cpu_schedule.TILE_SCOPE):
 
 - `dot_16x4_vnni` (AVX-512 VNNI, uint8 activations): one vpdpbusd. It adds the four u8 x s8 products
-  and the accumulator in int32 without saturating (vpdpbusds would saturate).
+  and the accumulator in int32 without saturating (vpdpbusds would saturate). `dot_8x4_vnni` and
+  `dot_4x4_vnni` are its ymm and xmm forms (AVX-512 VL) for outputs of 8k or 4k channels (PP-OCR's
+  24-channel convolutions, a 2 x 2 transposed convolution's 4 phases), which otherwise fall to AVX2's
+  vpmaddwd (half the products per instruction) or to plain int32 multiplies.
 - `dot_8x4_avx2_narrow` (AVX2, uint8 activations, weight codes within +-64): the four codes broadcast
   (vpbroadcastd), one vpmaddubsw (u8 x s8 products summed in pairs into int16: |255 x 64| x 2 = 32640
   fits, so it never saturates), one vpmaddwd by ones (the pairs summed into int32) and a vpaddd.
@@ -59,23 +62,31 @@ def _dot_desc(activation: str, lanes: int, depth: int):
 
 # The implementations are single expressions: a TVMScript assignment becomes a "local" buffer, which
 # the CPU lowering allocates from the workspace pool (a runtime call) at every use (see TILE_SCOPE).
-@T.prim_func(s_tir=True)
-def _dot_16x4_vnni(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope=TILE_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(  # byte operands as <64 x i8>, as LLVM declares them
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
-                          dtype="uint8x64"),  # the 4 codes in every lane
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16",
-        )
+def _dot_vnni(lanes: int):
+    """vpdpbusd on `lanes` int32 accumulators: the zmm form (16 lanes), or with AVX-512 VL the ymm (8)
+    and xmm (4) forms, for outputs whose channels are a multiple of 8 or 4 but not of 16."""
+    intrinsic = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=TILE_SCOPE),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            # the byte operands as <4*lanes x i8>, as LLVM declares them
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrinsic),
+                C.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes),
+                              dtype=f"uint8x{lanes * 4}"),  # the 4 codes in every lane
+                B.vload([0, 0], dtype=f"int8x{lanes * 4}"),
+                dtype=f"int32x{lanes}",
+            )
+
+    return impl
 
 
 def _dot_8x2_avx2(activation: str):
@@ -127,6 +138,8 @@ def _dot_8x4_avx2_narrow(
 # The AVX2 pair broadcast is two instructions (vpbroadcastw, vpmovzxbw / vpmovsxbw) and needs the
 # widened pair and the product in registers; VNNI broadcasts four codes with one vpbroadcastd.
 DOT_16X4_VNNI = DotIntrinsic("bitsmith_dot_16x4_u8i8i32_vnni_local", "uint8", 16, 4)
+DOT_8X4_VNNI = DotIntrinsic("bitsmith_dot_8x4_u8i8i32_vnni_local", "uint8", 8, 4)
+DOT_4X4_VNNI = DotIntrinsic("bitsmith_dot_4x4_u8i8i32_vnni_local", "uint8", 4, 4)
 # vpmaddubsw's int16 pair sums stay exact while |weight code| <= 64 (2 x 255 x 64 = 32640 < 2^15).
 DOT_8X4_AVX2_NARROW = DotIntrinsic("bitsmith_dot_8x4_u8i7i32_avx2_local", "uint8", 8, 4, scratch_registers=2,
                                    weight_code_max=64)
@@ -135,7 +148,8 @@ DOT_8X2_AVX2_U8 = DotIntrinsic("bitsmith_dot_8x2_u8i8i32_avx2_local", "uint8", 8
 DOT_8X2_AVX2_I8 = DotIntrinsic("bitsmith_dot_8x2_i8i8i32_avx2_local", "int8", 8, 2, broadcast_ops=2,
                                scratch_registers=2)
 
-TensorIntrin.register(DOT_16X4_VNNI.name, _dot_desc("uint8", 16, 4), _dot_16x4_vnni, override=True)
+for _dot in (DOT_16X4_VNNI, DOT_8X4_VNNI, DOT_4X4_VNNI):
+    TensorIntrin.register(_dot.name, _dot_desc("uint8", _dot.lanes, 4), _dot_vnni(_dot.lanes), override=True)
 TensorIntrin.register(DOT_8X4_AVX2_NARROW.name, _dot_desc("uint8", 8, 4), _dot_8x4_avx2_narrow, override=True)
 for _dot in (DOT_8X2_AVX2_U8, DOT_8X2_AVX2_I8):
     TensorIntrin.register(_dot.name, _dot_desc(_dot.activation_dtype, 8, 2), _dot_8x2_avx2(_dot.activation_dtype),

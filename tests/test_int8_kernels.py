@@ -208,6 +208,24 @@ def test_on_avx512_vnni_the_int8_reductions_use_vpdpbusd(caplog):
         assert "llvm.x86.avx512.vpdpbusd.512" in mod.script()
 
 
+@pytest.mark.parametrize("out_channels,kernel,form", [(24, 3, "vpdpbusd.256"), (4, 1, "vpdpbusd.128")])
+def test_on_avx512_vnni_outputs_of_8k_or_4k_channels_use_its_ymm_or_xmm_form(tmp_path, out_channels, kernel, form):
+    """24 output channels (PP-OCR's neck) are 3 ymm vpdpbusd, not AVX2's vpmaddwd; 4 (a transposed
+    convolution's phases) one xmm vpdpbusd, not int32 multiplies. Exact at the extreme codes wherever
+    the host has VNNI (the test then runs the kernel)."""
+    target = load("x86-avx512")
+    x = np.full((1, 24, 7, 9), 255, np.uint8)
+    x[0, :, ::2] = 0
+    w = np.full((out_channels, 24, kernel, kernel), -128, np.int8)
+    w[::3] = 127
+    graph = qconv(x, w, x_zero_point=0, pads=[kernel // 2] * 4)
+    with x86.tvm_target(target):
+        mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
+    assert f"llvm.x86.avx512.{form}" in mod.script()
+    assert "llvm.x86.avx2.pmadd.wd" not in mod.script()
+    assert_bit_exact(graph, {"x": x}, tmp_path)
+
+
 def test_the_requantize_epilogue_of_qconv_and_qmatmul_runs_in_32_bit_lanes(caplog):
     """relax_emit's int64 requantize chain is the one backends/requantize.py rewrites (shifts >= 33 here),
     fused into the convolution / matmul kernel."""
