@@ -1,4 +1,4 @@
-"""Table lookups as elementwise ops: transposes moved past them, and their kernels fused with producers.
+"""Layout transposes moved past the ops that do not care about layout, and table lookups fused as elementwise ops.
 
 `sink_transposes` moves layout transposes past the ops that do not care about layout, so that opposite
 ones meet and cancel.
@@ -12,6 +12,12 @@ A per-tensor lookup (a 1-D table) reads each element on its own, as do `astype` 
 widths permuted), so for those
 
     op(permute_dims(x, axes)) == permute_dims(op'(x), axes)
+
+The same holds, with the axis renumbered, for a gather along one axis by 1-D indices (relax_emit's
+nearest Resize: a take along H, then one along W) and for a concatenation of tensors all permuted
+alike; and for an elementwise binary op whose operands are permuted alike or are scalars (a QAdd's
+integer chain). Without those, PP-OCRv4 det's FPN upsampled, added and concatenated in NCHW between
+NHWC convolutions (3 ms of its 25 at one thread, mostly strided transposing gathers).
 
 `SinkTransposes` rewrites each such op to run on x and moves the permute_dims after it; a permute_dims
 of a permute_dims becomes one (or none, when they are inverses). The transposes left behind are dead
@@ -35,6 +41,9 @@ from .relax_rewrite import is_call, rewrite_functions
 PERMUTE_DIMS = "relax.permute_dims"
 # op -> position of the operand whose layout the result follows
 LAYOUT_FOLLOWING = {"relax.astype": 0, "relax.nn.pad": 0, "relax.take": 1}
+# elementwise ops that follow their operands' layout when both are permuted alike (or one is a scalar)
+ELEMENTWISE_BINARY = {f"relax.{name}" for name in ("add", "subtract", "multiply", "right_shift", "left_shift",
+                                                  "maximum", "minimum", "bitwise_and", "bitwise_or")}
 
 
 def _ndim(expr: relax.Expr) -> int:
@@ -57,6 +66,12 @@ class _Sinker(relax.PyExprMutator):
         name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
         if name == PERMUTE_DIMS:
             return self._compose(call)
+        if name == "relax.take" and _ndim(call.args[0]) > 1 and _ndim(call.args[1]) == 1:
+            return self._gather(call)
+        if name == "relax.concat":
+            return self._concat(call)
+        if name in ELEMENTWISE_BINARY:
+            return self._elementwise(call)
         position = LAYOUT_FOLLOWING.get(name)
         if position is None or (name == "relax.take" and (_ndim(call.args[0]) != 1 or int(call.attrs.axis) != 0)):
             return call
@@ -73,11 +88,48 @@ class _Sinker(relax.PyExprMutator):
             inner = relax.Call(call.op, args, call.attrs)
         return R.permute_dims(self.builder_.emit(inner), axes)
 
+    def _gather(self, call: relax.Call) -> relax.Expr:
+        """take(permute_dims(x, axes), indices, axis=a) with 1-D indices (nearest resize, slicing by
+        index) = permute_dims(take(x, indices, axis=axes[a]), axes): the gathered axis keeps its place."""
+        permuted = self._permuted(call.args[0])
+        if permuted is None or call.attrs.axis is None:
+            return call
+        source, axes = permuted
+        axis = int(call.attrs.axis) % len(axes)
+        inner = R.take(source, call.args[1], axis=axes[axis], mode=str(call.attrs.mode))
+        return R.permute_dims(self.builder_.emit(inner), axes)
+
+    def _elementwise(self, call: relax.Call) -> relax.Expr:
+        """op(permute_dims(x, axes), permute_dims(y, axes)) = permute_dims(op(x, y), axes), and so with a
+        scalar for either operand (equal ranks broadcast alike in either layout)."""
+        permuted = [None if _ndim(arg) == 0 else self._permuted(arg) for arg in call.args]
+        tensors = [p for p in permuted if p is not None]
+        if (not tensors or any(p is None and _ndim(arg) != 0 for p, arg in zip(permuted, call.args))
+                or any(p[1] != tensors[0][1] for p in tensors)):
+            return call
+        args = [arg if p is None else p[0] for p, arg in zip(permuted, call.args)]
+        return R.permute_dims(self.builder_.emit(relax.Call(call.op, args, call.attrs)), tensors[0][1])
+
+    def _concat(self, call: relax.Call) -> relax.Expr:
+        """concat of tensors all permuted by the same axes, along axis a = permute_dims of the concat of
+        the unpermuted ones along axes[a]."""
+        tensors = call.args[0]
+        if isinstance(tensors, relax.Var):
+            tensors = self.lookup_binding(tensors)
+        if not isinstance(tensors, relax.Tuple) or call.attrs.axis is None:
+            return call
+        permuted = [self._permuted(field) for field in tensors.fields]
+        if not permuted or any(p is None for p in permuted) or any(p[1] != permuted[0][1] for p in permuted):
+            return call
+        axes = permuted[0][1]
+        inner = R.concat([source for source, _ in permuted], axis=axes[int(call.attrs.axis) % len(axes)])
+        return R.permute_dims(self.builder_.emit(inner), axes)
+
     def _permuted(self, expr: relax.Expr) -> tuple[relax.Expr, list[int]] | None:
         """(x, axes) when `expr` is a variable bound to permute_dims(x, axes) with explicit axes."""
-        if not isinstance(expr, relax.Var):
-            return None
-        value = self.lookup_binding(expr)
+        value = expr
+        while isinstance(value, relax.Var):  # through aliases (y = x: a value named after its ONNX tensor)
+            value = self.lookup_binding(value)
         if is_call(value, PERMUTE_DIMS) and value.attrs.axes is not None:
             return value.args[0], [int(a) for a in value.attrs.axes]
         return None

@@ -37,6 +37,7 @@ from bitsmith.recipes import preset
 from bitsmith.simulate import Simulator
 from onnx_cases import init, model, out, tensor_input
 from test_integer_lowering import assert_bit_exact, codes, one_node, tvm_outputs
+from test_x86_lookup_fusion import fused_kernel_names
 
 RNG = np.random.default_rng(11)
 CODE_OPS = {"Concat", "Resize"}
@@ -228,6 +229,17 @@ def test_the_head_in_tvm_equals_the_integer_reference_bit_for_bit(head):
     graph, quantized, lowered, feeds, tvm = head
     for f, (got,) in zip(feeds, tvm):
         assert got.tobytes() == run_graph(lowered, f)["y"].tobytes()
+
+
+def test_the_fpn_runs_in_the_convolutions_layout_without_transposes(head):
+    """The nearest Resizes (gathers along H and W), the QAdd of two of them and the Concat run in NHWC like
+    the convolutions around them (backends/transpose_sinking.py): the one transpose left is the input
+    quantizer's, and the ConvTranspose's pixel shuffles (reshape + transpose) stay as they are."""
+    lowered = head[2]
+    names = fused_kernel_names(lowered)
+    transposes = [n for n in names if "transpose" in n and "reshape" not in n]
+    assert len(transposes) == 1 and transposes[0].startswith("fused_divide"), names
+    assert any("concatenate" in n for n in names)
 
 
 def test_the_sigmoid_table_holds_float32_sigmoids_of_the_logit_codes(head):
