@@ -95,6 +95,8 @@ class CPUShape:
     # tile shape of PP-OCRv4 det's, MobileNetV2's and MiniLM's int8 kernels (`--tune`): tiles of 20-24
     # accumulators ran up to 2.7x slower than tiles of 10-15; on AVX2 the registers cap tiles at 12.
     max_accumulators: int = 12
+    # AVX-512 VBMI: vpermi2b looks 64 bytes up in a 128-byte table (backends/x86_lookup.py)
+    byte_permute: bool = False
 
     def lanes(self, dtype_bits: int) -> int:
         return max(self.vector_bits // dtype_bits, 1)

@@ -174,7 +174,8 @@ def lookups_are_elementwise(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) 
     updates = {}
     for gvar, func in mod.functions_items():
         if (isinstance(func, tirx.PrimFunc) and func.attrs is not None and "op_pattern" in func.attrs
-                and int(func.attrs["op_pattern"]) == OP_PATTERN_OPAQUE and _is_table_lookup(func)):
+                and int(func.attrs["op_pattern"]) == OP_PATTERN_OPAQUE and "tirx.is_scheduled" not in func.attrs
+                and _is_table_lookup(func)):
             updates[gvar] = func.with_attr("op_pattern", OP_PATTERN_ELEMWISE)
     for gvar, func in updates.items():
         mod[gvar] = func

@@ -12,6 +12,7 @@ reductions; MetaSchedule needs minutes of tuning per model. So the pipeline here
 1. `ConvertLayout`: conv2d in NHWC (output channels contiguous: the vector axis).
    `sink_transposes` (transpose_sinking.py): the transposes it leaves around table lookups cancel.
    `requantize_in_int32` (requantize.py): integer requantize epilogues in 32-bit lanes where exact.
+   `byte_lookups` (x86_lookup.py, AVX-512 VBMI): byte table lookups in large tensors as byte permutes.
 2. `fast_math`: float32 exp / erf / tanh / sigmoid / softmax -> TOPI's polynomial forms, which
    vectorize (LLVM calls libm per element otherwise: erf 37x, exp 11x slower); a where's scalar
    constant branch -> an immediate (a Select reading a 0-d buffer does not vectorize).
@@ -49,6 +50,7 @@ from .relax_rewrite import rewrite_functions
 from .requantize import requantize_in_int32
 from .transpose_sinking import lookups_are_elementwise, sink_transposes
 from .tuning import TuneCPU, TuningOptions, TuningSummary
+from .x86_lookup import byte_lookups
 
 
 def tvm_target(target: Target | str) -> tvm.target.Target:
@@ -64,7 +66,8 @@ def cpu_shape(target: Target) -> CPUShape:
     """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16),
     and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it (with
     AVX-512 VL also its ymm and xmm forms, for 8k- and 4k-channel outputs),
-    else AVX2's vpmaddubsw for weights of at most 7 bits and vpmaddwd for the others."""
+    else AVX2's vpmaddubsw for weights of at most 7 bits and vpmaddwd for the others; whether it has
+    AVX-512 VBMI's byte permutes (x86_lookup.py)."""
     wide = target.vector_bits >= 512
     vnni = "avx512_vnni" in target.host_features and wide
     dots: tuple[x86_intrinsics.DotIntrinsic, ...] = ()
@@ -74,7 +77,8 @@ def cpu_shape(target: Target) -> CPUShape:
             dots += (x86_intrinsics.DOT_8X4_VNNI, x86_intrinsics.DOT_4X4_VNNI)
     if "avx2" in target.host_features or wide:
         dots += (x86_intrinsics.DOT_8X4_AVX2_NARROW, x86_intrinsics.DOT_8X2_AVX2_U8, x86_intrinsics.DOT_8X2_AVX2_I8)
-    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if wide else 16, int8_dots=dots)
+    return CPUShape(vector_bits=target.vector_bits, vector_registers=32 if wide else 16, int8_dots=dots,
+                    byte_permute=wide and "avx512vbmi" in target.host_features)
 
 
 # Convolutions run in NHWC: the output channel is contiguous, so the tiled-reduction schedule
@@ -171,6 +175,7 @@ def scheduling_passes(cpu: CPUShape, tuning: TuneCPU | None = None) -> list[tvm.
         relax.transform.FoldConstant(),  # the layout conversion's permuted constants, for the next pass
         sink_transposes,
         requantize_in_int32,
+        *([byte_lookups] if cpu.byte_permute else []),
         relax.transform.DeadCodeElimination(),
         fast_math,
         relax.transform.LegalizeOps(),

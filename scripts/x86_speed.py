@@ -60,7 +60,8 @@ GOAL_VS_ORT_INT8 = 1.0
 BITSMITH_KINDS = {"fp32": None, "int8": "w8a8", "int7": "w7a8"}
 FIDELITY_BATCHES = 4
 # The exact int8 dot product bitsmith's INT8 and W7 kernels run on, per host target.
-DOT_PRODUCTS = {"x86-avx2": ("vpmaddwd", "vpmaddubsw"), "x86-avx512": ("AVX-512 VNNI vpdpbusd",) * 2}
+DOT_PRODUCTS = {"x86-avx2": ("vpmaddwd", "vpmaddubsw"), "x86-avx512": ("AVX-512 VNNI vpdpbusd",) * 2,
+                "x86-avx512-vbmi": ("AVX-512 VNNI vpdpbusd",) * 2}
 ARTIFACT_LABELS = {"fp32": "FP32", "int8": "INT8", "int7": "W7"}
 
 

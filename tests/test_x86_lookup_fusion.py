@@ -1,10 +1,12 @@
 """Integer graphs with activation tables (QLookup) on x86: the lookups between convolutions cost no
 layout transposes (backends/transpose_sinking.py), fuse into the producing convolution's kernel, and a
-lookup of a lookup is one lookup in the composed table (relax_emit); all bit for bit the reference."""
+lookup of a lookup is one lookup in the composed table (relax_emit); with AVX-512 VBMI a lookup in a
+large tensor is a byte-permute kernel of its own (backends/x86_lookup.py); all bit for bit the reference."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tvm
 
 from bitsmith.backends import x86
@@ -12,7 +14,7 @@ from bitsmith.backends.relax_emit import emit_relax
 from bitsmith.ir import Graph, Node, verify
 from bitsmith.ops import OPS
 from bitsmith.targets import load
-from test_integer_lowering import assert_bit_exact, codes, requant_attrs, requant_constants
+from test_integer_lowering import assert_bit_exact, codes, one_node, requant_attrs, requant_constants
 
 
 def conv_lookup_lookup_conv() -> Graph:
@@ -43,11 +45,14 @@ def conv_lookup_lookup_conv() -> Graph:
     return graph
 
 
-def fused_kernel_names(graph: Graph) -> list[str]:
-    target = load("x86-avx2")
+def scheduled_module(graph: Graph, target_name: str) -> tvm.IRModule:
+    target = load(target_name)
     with x86.tvm_target(target):
-        mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
-    return [gv.name_hint for gv, f in mod.functions_items()
+        return tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
+
+
+def fused_kernel_names(graph: Graph, target_name: str = "x86-avx2") -> list[str]:
+    return [gv.name_hint for gv, f in scheduled_module(graph, target_name).functions_items()
             if isinstance(f, tvm.tirx.PrimFunc) and not gv.name_hint.endswith("_weight_prepack")]
 
 
@@ -63,3 +68,15 @@ def test_lookups_between_convolutions_fuse_without_transposes():
 def test_lookups_between_convolutions_equal_the_reference(tmp_path):
     x = codes(1, 8, 10, 10)
     assert_bit_exact(conv_lookup_lookup_conv(), {"x": x}, tmp_path)
+
+
+@pytest.mark.parametrize("code_dtype,qmin,qmax", [("uint8", 0, 255), ("uint8", 7, 206), ("int8", -128, 127)])
+def test_with_vbmi_a_large_lookup_is_a_byte_permute_kernel_equal_to_the_reference(tmp_path, code_dtype, qmin, qmax):
+    """Every code of the range in a tensor of 12341 codes (64-code steps and a 53-code rest); the table
+    indexed from qmin, signed codes included. x86-avx512-vbmi: one kernel of vpermi2b; x86-avx512
+    (Cascade Lake, no VBMI): the lookup as before. Bit-exact on this host (its own target)."""
+    q = np.resize(np.arange(qmin, qmax + 1), (1, 7, 41, 43)).astype(code_dtype)
+    graph = one_node("QLookup", {"q": q}, {"qmin": qmin, "axis": 1}, {"table": codes(qmax - qmin + 1)})
+    assert "llvm.x86.avx512.vpermi2var.qi.512" in scheduled_module(graph, "x86-avx512-vbmi").script()
+    assert not any("byte_lookup" in name for name in fused_kernel_names(graph, "x86-avx512"))
+    assert_bit_exact(graph, {"q": q}, tmp_path)
