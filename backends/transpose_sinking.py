@@ -118,8 +118,8 @@ class _Sinker(relax.PyExprMutator):
             tensors = self.lookup_binding(tensors)
         if not isinstance(tensors, relax.Tuple) or call.attrs.axis is None:
             return call
-        permuted = [self._permuted(field) for field in tensors.fields]
-        if not permuted or any(p is None for p in permuted) or any(p[1] != permuted[0][1] for p in permuted):
+        permuted = [p for p in (self._permuted(field) for field in tensors.fields) if p is not None]
+        if not permuted or len(permuted) != len(tensors.fields) or any(p[1] != permuted[0][1] for p in permuted):
             return call
         axes = permuted[0][1]
         inner = R.concat([source for source, _ in permuted], axis=axes[int(call.attrs.axis) % len(axes)])
