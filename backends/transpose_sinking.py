@@ -36,7 +36,7 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax import op as R
 
-from .relax_rewrite import is_call, rewrite_functions
+from .relax_rewrite import bound_value, is_call, rewrite_functions
 
 PERMUTE_DIMS = "relax.permute_dims"
 # op -> position of the operand whose layout the result follows
@@ -127,9 +127,7 @@ class _Sinker(relax.PyExprMutator):
 
     def _permuted(self, expr: relax.Expr) -> tuple[relax.Expr, list[int]] | None:
         """(x, axes) when `expr` is a variable bound to permute_dims(x, axes) with explicit axes."""
-        value = expr
-        while isinstance(value, relax.Var):  # through aliases (y = x: a value named after its ONNX tensor)
-            value = self.lookup_binding(value)
+        value = bound_value(self, expr)
         if is_call(value, PERMUTE_DIMS) and value.attrs.axes is not None:
             return value.args[0], [int(a) for a in value.attrs.axes]
         return None

@@ -34,13 +34,13 @@ from tvm import relax, tirx
 from tvm.relax import op as R
 from tvm.script import tirx as T
 
-from .relax_rewrite import is_call, rewrite_functions
+from .relax_rewrite import bound_value, is_call, rewrite_functions
+from .transpose_sinking import OP_PATTERN_OPAQUE
 
 # Lookups in tensors smaller than this stay in their producer's epilogue (a kernel call costs more).
 MIN_ELEMENTS = 4096
 LANES = 64  # bytes per 512-bit vector
 BYTE_TYPES = ("uint8", "int8")
-OP_PATTERN_OPAQUE = 8
 
 
 def _permute_lookup(table: tirx.Buffer, codes: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -123,24 +123,16 @@ class _ByteLookups(relax.PyExprMutator):
 
     def _codes(self, index: relax.Expr) -> tuple[relax.Expr, int] | None:
         """(8-bit codes, offset) when `index` is astype(codes, int32) [- offset] (relax_emit's `_centered`)."""
-        value = self._value(index)
+        value = bound_value(self, index)
         offset = 0
         if (is_call(value, "relax.subtract") and isinstance(value.args[1], tvm.ir.expr.Constant)
                 and value.args[1].value.numpy().ndim == 0):
             offset = int(value.args[1].value.numpy())
-            value = self._value(value.args[0])
+            value = bound_value(self, value.args[0])
         if not is_call(value, "relax.astype") or str(value.attrs.dtype) != "int32":
             return None
         source = value.args[0]
         return (source, offset) if str(source.ty.dtype) in BYTE_TYPES else None
-
-    def _value(self, expr: relax.Expr) -> relax.Expr:
-        while isinstance(expr, relax.Var):
-            bound = self.lookup_binding(expr)
-            if bound is None:
-                return expr
-            expr = bound
-        return expr
 
 
 @tvm.transform.module_pass(opt_level=0, name="ByteLookups")
