@@ -18,7 +18,9 @@ schedules each PrimFunc with the first rule that applies:
    steps; x86_intrinsics.py), an 8-bit x int8 -> int32 reduction (QConv, QMatMul) splits
    `depth` reduction steps under `lanes` columns and runs them as one intrinsic; the packed weights
    then hold lanes x depth byte blocks, and the tile shape is chosen for the intrinsic's costs
-   (`_dot_tilings`).
+   (`_dot_tilings`). A depthwise convolution (each channel reads its own input channel) splits its
+   kernel rows instead, under the channels as lanes (`DotIntrinsic.depthwise`); its pad is computed
+   per tile into a tile buffer (`_pad_per_tile`), so the intrinsic reads whole rows without boundary tests.
 2. **every block on its own** (elementwise, transposes, gathers, softmax, norms, other reductions):
    injective blocks run their outer loops in parallel and the innermost loop in vectors; a
    reduction over the innermost axis accumulates a vector of partial results (rfactor) and reduces
@@ -38,7 +40,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import tvm_ffi
-from tvm import ir, relax, s_tir, tirx
+from tvm import ir, relax, s_tir, sym, tirx
 from tvm.ir.transform import PassContext, module_pass
 from tvm.s_tir import meta_schedule
 
@@ -65,12 +67,16 @@ MAX_UNROLL = 32
 # under 1 KiB to a stack slot (LLVM keeps it in registers) but a "local" one to a workspace-pool call
 # at every allocation: once per tile, inside the parallel loop (measured: 15% of MobileNetV2's time).
 TILE_SCOPE = "global"
+# ... and the largest tile buffer that stays a stack slot.
+TILE_BUFFER_MAX_BYTES = 1024
 
 
 @dataclass(frozen=True)
 class DotIntrinsic:
     """A registered TVM tensor intrinsic: `lanes` int32 accumulators (a local buffer), each += the sum
-    of `depth` products of an `activation_dtype` code (broadcast) and an int8 weight ([lanes, depth])."""
+    of `depth` products of an `activation_dtype` code (broadcast) and an int8 weight ([lanes, depth]).
+    A `depthwise` one reads a code per lane instead (a depthwise convolution's channels): `depth`
+    kernel rows of `lanes` codes and of `lanes` weights ([depth, lanes] each)."""
 
     name: str
     activation_dtype: str
@@ -79,6 +85,7 @@ class DotIntrinsic:
     broadcast_ops: int = 1  # instructions to broadcast one row's `depth` activation codes
     scratch_registers: int = 1  # vector registers it needs besides accumulators and weight vectors
     weight_code_max: int | None = None  # exact only for weights whose codes are this small (None: any int8)
+    depthwise: bool = False
 
 
 @dataclass(frozen=True)
@@ -402,12 +409,15 @@ def apply_tiled_reduction(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic 
     work = total_work(sch, anchor)
     tile_outer, tile_inner, reduce = _tile_loops(sch, anchor, loop_of_iter, tiling)
     if dot is not None:
-        if tiling.cols_tile % dot.lanes or (_extent(sch, reduce[-1]) or 1) % dot.depth:
+        # a depthwise convolution's lanes read kernel rows (the first reduction), the others the last one
+        split = 0 if dot.depthwise else len(reduce) - 1
+        if tiling.cols_tile % dot.lanes or (_extent(sch, reduce[split]) or 1) % dot.depth:
             return False
-        reduce_outer, reduce_lane = sch.split(reduce[-1], factors=[None, dot.depth])
-        reduce = reduce[:-1] + [reduce_outer]
+        reduce_outer, reduce_lane = sch.split(reduce[split], factors=[None, dot.depth])
+        reduce = reduce[:split] + [reduce_outer] + reduce[split + 1:]
         cols_repeat, cols_lanes = sch.split(tile_inner[-1], factors=[None, dot.lanes])
-        sch.reorder(*tile_inner[:-1], cols_repeat, cols_lanes, reduce_lane)
+        inner = (reduce_lane, cols_lanes) if dot.depthwise else (cols_lanes, reduce_lane)
+        sch.reorder(*tile_inner[:-1], cols_repeat, *inner)
     tiled_epilogue = bool(consumers) and _same_output_shape(sch, anchor, consumers[0])
     _place_epilogue(sch, anchor, consumers[0] if tiled_epilogue else None, tile_outer, lanes)
     if tiling.rows_var is not None:
@@ -419,6 +429,8 @@ def apply_tiled_reduction(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic 
         sch.unroll(cols_repeat)
     else:
         _vectorize_in_registers(sch, tile_inner[-1], tiling.cols_tile, lanes)
+    if dot is not None and dot.depthwise:
+        producers = [b for b in producers if not _pad_per_tile(sch, b, tile_outer, lanes)]
     if work >= PARALLEL_MIN_WORK:
         sch.parallel(sch.fuse(*tile_outer))
     if reduce:  # after parallel: a decomposed update block no longer passes the parallel check
@@ -433,11 +445,22 @@ def apply_tiled_reduction(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic 
     return True
 
 
+def _pad_per_tile(sch: s_tir.Schedule, block, tile_outer: list, lanes: int) -> bool:
+    """Compute a pad block's window of the input in each tile, into a tile buffer (a few rows of
+    the tile's columns), rather than a padded copy of the whole input. False where `block` is no pad."""
+    if not _has_if_then_else(sch, block):
+        return False
+    sch.compute_at(block, tile_outer[-1], preserve_unit_loops=True)
+    sch.set_scope(block, 0, TILE_SCOPE)
+    _vectorize_tile(sch, block, len(tile_outer), lanes)
+    return True
+
+
 def _tiling_setup(sch: s_tir.Schedule, cpu: CPUShape, dot: DotIntrinsic | None,
                   weight_bounds: dict[str, int] | None):
     """(anchor, producers, consumers, loop of each iter var, lanes, tiling candidates) of the tiled
     reduction on `sch` (producers inlined), or None where the rule or `dot` does not apply."""
-    parts = _anchor_with_neighbours(sch)
+    parts = _anchor_with_neighbours(sch, keep_pads=dot is not None and dot.depthwise)
     if parts is None:
         return None
     anchor, producers, consumers = parts
@@ -460,20 +483,49 @@ def _is_int8_dot(sch: s_tir.Schedule, block, dot: DotIntrinsic, weight_bounds: d
     if not (str(stmt.writes[0].source.dtype) == "int32" and len(dtypes) == 2 and dtypes[0] == dot.activation_dtype
             and dtypes[1] == "int8"):
         return False
+    if dot.depthwise != _reads_a_code_per_output_channel(sch, block):
+        return False
+    if dot.depthwise and dot.depth > 4 and _column_stride(sch, block) != 1:
+        # measured: a 5 x 5 kernel at stride 2 (two vpdpbusd per step, few shared columns) ran slower
+        return False
     if dot.weight_code_max is None:
         return True
     return (weight_bounds or {}).get(reads[1].name, dot.weight_code_max + 1) <= dot.weight_code_max
 
 
-def _anchor_with_neighbours(sch: s_tir.Schedule):
+def _reads_a_code_per_output_channel(sch: s_tir.Schedule, block) -> bool:
+    """Whether the activation's innermost index follows the output's innermost one (a depthwise
+    convolution: each channel reads its own input channel) rather than a reduction."""
+    channel = _output_axis_iters(sch, block)[-1]
+    activation = _activation_read(sch.get(block))
+    used = tirx.analysis.undefined_vars(activation.region[-1].min)
+    return channel is not None and any(var.same_as(channel) for var in used)
+
+
+def _column_stride(sch: s_tir.Schedule, block) -> int | None:
+    """How far the activation's column (its next-to-innermost index) moves per output column."""
+    axis_iters = _output_axis_iters(sch, block)
+    if len(axis_iters) < 2 or axis_iters[-2] is None:
+        return None
+    coefficients = sym.detect_linear_equation(_activation_read(sch.get(block)).region[-2].min, [axis_iters[-2]])
+    return int(coefficients[0]) if len(coefficients) and isinstance(coefficients[0], tirx.IntImm) else None
+
+
+def _activation_read(stmt: s_tir.SBlock) -> tirx.stmt.BufferRegion:
+    """A reduction block's first operand (the activation: QConv / QMatMul read it before the weights)."""
+    return next(r for r in stmt.reads if r.source.name != stmt.writes[0].source.name)
+
+
+def _anchor_with_neighbours(sch: s_tir.Schedule, keep_pads: bool = False):
     """(anchor, producers, consumers) after inlining copies, or None unless there is exactly one
-    reduction block with at most one consumer. Pads stay separate for long reductions."""
+    reduction block with at most one consumer. Pads stay separate for long reductions, or where
+    `keep_pads` (an intrinsic reads the input's rows whole: no boundary tests)."""
     reductions = [b for b in _blocks(sch) if _is_reduction(sch, b)]
     if len(reductions) != 1:
         return None
     anchor_name = sch.get(reductions[0]).name_hint
     keep = {anchor_name, *_output_block_names(sch)}
-    if _reduction_extent(sch, reductions[0]) > INLINE_PAD_MAX_REDUCTION:
+    if keep_pads or _reduction_extent(sch, reductions[0]) > INLINE_PAD_MAX_REDUCTION:
         keep |= {sch.get(b).name_hint for b in _producers(sch, anchor_name) if _has_if_then_else(sch, b)}
     _inline_producers(sch, keep)
     blocks = _blocks(sch)
@@ -496,7 +548,7 @@ def _producers(sch: s_tir.Schedule, anchor_name: str) -> list:
 MAX_TILINGS = 16
 # Bump when `tiling_candidates` changes its list (the default above all): tuning records name a shape by
 # its position, so each version keeps a database of its own.
-TILINGS_VERSION = 3
+TILINGS_VERSION = 4
 
 
 def tile_shapes(func: tirx.PrimFunc, cpu: CPUShape,
@@ -562,7 +614,9 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
     R broadcasts (`broadcast_ops` each), V weight loads and R x V intrinsics: ordered by the overhead
     per product, broadcast_ops / V + 1 / R, least first, among the tiles of at most
     `cpu.max_accumulators` full-width accumulators (the first is the default), then the larger ones;
-    ties: the larger tile first."""
+    ties: the larger tile first. A depthwise intrinsic's per-lane activations are no broadcast that more
+    vectors share: its overhead is (broadcast_ops + 1) / R, and its tiles keep their padded input window
+    (`_window_bytes`) within a stack-slot tile buffer."""
     def extent(var):
         return _extent(sch, loop_of_iter[var])
 
@@ -579,10 +633,36 @@ def _dot_tilings(sch: s_tir.Schedule, anchor, loop_of_iter: dict, cpu: CPUShape,
         for rows_tile in (d for d in range(1, row_extent + 1) if row_extent % d == 0):
             if rows_tile * vectors + vectors + dot.scratch_registers > cpu.vector_registers:
                 break
-            shapes.append(((rows_tile * vectors > most, dot.broadcast_ops / vectors + 1 / rows_tile,
-                            -rows_tile * vectors), rows_tile, vectors))
+            if dot.depthwise and rows and (_window_bytes(sch, anchor, rows[-1], rows_tile, dot.lanes)
+                                           > TILE_BUFFER_MAX_BYTES):
+                break
+            # a depthwise lane's activations serve only its own channel: wider tiles share nothing
+            overhead = ((dot.broadcast_ops + 1) / rows_tile if dot.depthwise
+                        else dot.broadcast_ops / vectors + 1 / rows_tile)
+            shapes.append(((rows_tile * vectors > most, overhead, -rows_tile * vectors), rows_tile, vectors))
     return [_Tiling(cols_var, vectors * dot.lanes, rows[-1] if rows else None, rows_tile)
             for _, rows_tile, vectors in sorted(shapes, key=lambda shape: shape[0])]
+
+
+def _window_bytes(sch: s_tir.Schedule, anchor, rows_var: tirx.Var, rows_tile: int, lanes: int) -> int:
+    """Bytes of the activation one tile of `rows_tile` rows x `lanes` channels reads (all its taps): the
+    padded window `_pad_per_tile` computes per tile."""
+    stmt = sch.get(anchor)
+    channel = _output_axis_iters(sch, anchor)[-1]
+    ranges = {}
+    for iv in stmt.iter_vars:
+        if int(iv.iter_type) == tirx.IterVar.CommReduce:
+            ranges[iv.var] = sym.IntervalSet(0, iv.dom.extent - 1)
+        else:
+            span = rows_tile if iv.var.same_as(rows_var) else lanes if iv.var.same_as(channel) else 1
+            ranges[iv.var] = sym.IntervalSet(0, span - 1)
+    activation = _activation_read(stmt)
+    analyzer = sym.Analyzer()
+    size = activation.source.dtype.bits // 8
+    for dim in activation.region:
+        bounds = analyzer.int_set(dim.min, ranges)
+        size *= int(bounds.max_value) - int(bounds.min_value) + 1
+    return size
 
 
 def _tile_loops(sch: s_tir.Schedule, anchor, loop_of_iter: dict, tiling: _Tiling):

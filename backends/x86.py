@@ -64,15 +64,16 @@ def tvm_target(target: Target | str) -> tvm.target.Target:
 
 def cpu_shape(target: Target) -> CPUShape:
     """Vector width and register count of an x86 target (AVX-512 has 32 vector registers, AVX2 16),
-    and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it (with
-    AVX-512 VL also its ymm and xmm forms, for 8k- and 4k-channel outputs),
+    and its exact int8 dot products (x86_intrinsics.py): VNNI's vpdpbusd where the target has it (also on
+    depthwise convolutions' kernel rows; with AVX-512 VL its ymm and xmm forms, for 8k- and 4k-channel outputs),
     else AVX2's vpmaddubsw for weights of at most 7 bits and vpmaddwd for the others; whether it has
     AVX-512 VBMI's byte permutes (x86_lookup.py)."""
     wide = target.vector_bits >= 512
     vnni = "avx512_vnni" in target.host_features and wide
     dots: tuple[x86_intrinsics.DotIntrinsic, ...] = ()
     if vnni:
-        dots = (x86_intrinsics.DOT_16X4_VNNI,)
+        dots = (x86_intrinsics.DOT_16X4_VNNI, x86_intrinsics.DEPTHWISE_16X3_VNNI,
+                x86_intrinsics.DEPTHWISE_16X5_VNNI)
         if "avx512vl" in target.host_features:
             dots += (x86_intrinsics.DOT_8X4_VNNI, x86_intrinsics.DOT_4X4_VNNI)
     if "avx2" in target.host_features or wide:

@@ -226,6 +226,36 @@ def test_on_avx512_vnni_outputs_of_8k_or_4k_channels_use_its_ymm_or_xmm_form(tmp
     assert_bit_exact(graph, {"x": x}, tmp_path)
 
 
+def depthwise_qconv(x: np.ndarray, w: np.ndarray, x_zero_point: int, stride: int) -> Graph:
+    channels, _, kernel, _ = w.shape
+    attrs = {"strides": [stride, stride], "pads": [kernel // 2] * 4, "dilations": [1, 1], "group": channels,
+             "x_zero_point": x_zero_point, **requant_attrs()}
+    constants = {"w": w, "w_zero_point": np.array(0, np.int32), "bias": np.arange(channels, dtype=np.int32) * 9 - 100,
+                 **requant_constants(channels)}
+    return one_node("QConv", {"x": x}, attrs, constants)
+
+
+@pytest.mark.parametrize("kernel,stride,zero_point,uses_vnni", [(3, 1, 0, True), (3, 2, 131, True), (5, 1, 255, True),
+                                                                (5, 2, 0, False)])
+def test_on_avx512_vnni_depthwise_convolutions_dot_their_kernel_rows_with_vpdpbusd(tmp_path, kernel, stride, zero_point,
+                                                                                  uses_vnni):
+    """A depthwise QConv's channels are vpdpbusd's lanes and its kernel rows the bytes each lane sums (a 5 x 5
+    kernel: 4 + 1 rows, two vpdpbusd), instead of int32 multiplies per tap; zero point 0 pads the input per
+    tile. A 5 x 5 kernel at stride 2 keeps the multiplies (measured faster). Exact at the extreme codes
+    wherever the host has VNNI (the test then runs the kernel)."""
+    target = load("x86-avx512")
+    x = np.full((1, 48, 13, 11), 255, np.uint8)
+    x[0, :, ::2] = 0
+    x[0, ::5, :, 1::3] = 0
+    w = np.full((48, 1, kernel, kernel), -128, np.int8)
+    w[::3, :, 1] = 127
+    graph = depthwise_qconv(x, w, zero_point, stride)
+    with x86.tvm_target(target):
+        mod = tvm.transform.Sequential(x86.scheduling_passes(x86.cpu_shape(target)))(emit_relax(graph).mod)
+    assert ("llvm.x86.avx512.vpdpbusd.512" in mod.script()) == uses_vnni
+    assert_bit_exact(graph, {"x": x}, tmp_path)
+
+
 def test_the_requantize_epilogue_of_qconv_and_qmatmul_runs_in_32_bit_lanes(caplog):
     """relax_emit's int64 requantize chain is the one backends/requantize.py rewrites (shifts >= 33 here),
     fused into the convolution / matmul kernel."""
