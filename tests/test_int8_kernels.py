@@ -256,6 +256,22 @@ def test_on_avx512_vnni_depthwise_convolutions_dot_their_kernel_rows_with_vpdpbu
     assert_bit_exact(graph, {"x": x}, tmp_path)
 
 
+@pytest.mark.parametrize("out_channels,padded", [(18, 24), (42, 48), (7, 8)])
+def test_output_channels_are_padded_to_a_multiple_of_8_for_the_dot_product(tmp_path, caplog, out_channels, padded):
+    """PP-OCRv4 det's 96 -> 18 and 192 -> 42 1 x 1 convolutions: zero filters pad the output channels to a
+    multiple of 8, so the int8 dot products (8 lanes) cover them instead of int32 multiplies; the padding
+    channels are sliced off before the epilogue. Still the reference's integers."""
+    x = codes(1, 32, 6, 10)
+    graph = qconv(x, codes(out_channels, 32, 1, 1, dtype="int8"), x_zero_point=121, pads=[0, 0, 0, 0])
+    mod, rules = scheduled(graph, caplog)
+    (name, func), = [(n, f) for n, f in reduction_kernels(mod).items() if "conv" in n]
+    assert rules[name] == "schedule_tiled_reduction"
+    assert "llvm.x86.avx2.pmadd.wd" in func.script()
+    packed = [int(d) for d in func.params[1].shape]
+    assert packed[-2] == 8 and int(np.prod(packed)) == padded * 32  # 8-lane panels of the padded filters
+    assert_bit_exact(graph, {"x": x}, tmp_path)
+
+
 def test_the_requantize_epilogue_of_qconv_and_qmatmul_runs_in_32_bit_lanes(caplog):
     """relax_emit's int64 requantize chain is the one backends/requantize.py rewrites (shifts >= 33 here),
     fused into the convolution / matmul kernel."""
