@@ -183,6 +183,24 @@ def test_qadd_and_qmul_broadcasting_at_extreme_shifts(tmp_path, shift):
     assert_bit_exact(one_node("QMul", {"a": a, "b": b}, mul), {"a": a, "b": b}, tmp_path)
 
 
+@pytest.mark.parametrize("shift,a_multiplier,b_multiplier", [(11, 1501, 2047), (33, (1 << 31) - 1, 1_234_567_891),
+                                                             (40, (1 << 31) - 1, (1 << 31) - 1)])
+def test_qadd_of_every_pair_of_8_bit_codes_runs_in_int32_and_equals_the_reference(tmp_path, shift, a_multiplier,
+                                                                                   b_multiplier):
+    """QAdd of 8-bit codes splits each multiplier into high and low bits so the sum stays in int32
+    (relax_emit._qadd_in_int32): bit for bit the int64 reference on every (uint8, int8) code pair, at the
+    end shifts of its proof, the zero points at the extremes."""
+    a = np.arange(256, dtype=np.uint8).reshape(1, 256, 1)
+    b = np.arange(-128, 128, dtype=np.int8).reshape(1, 1, 256)
+    attrs = {"a_zero_point": 255, "b_zero_point": 127, "a_multiplier": a_multiplier, "b_multiplier": b_multiplier,
+             "shift": shift, **requant_attrs("int8", zero_point=-3)}
+    del attrs["epilogue"]
+    graph = one_node("QAdd", {"a": a, "b": b}, attrs)
+    assert "int64" not in emit_relax(graph).mod["main"].script()
+    assert len(np.unique(run_graph(graph, {"a": a, "b": b})["y"])) >= (100 if shift < 40 else 2)
+    assert_bit_exact(graph, {"a": a, "b": b}, tmp_path)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_qlookup(tmp_path, per_channel):
     q = codes(2, 5, 4, 3, dtype="int8")
