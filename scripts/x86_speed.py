@@ -27,7 +27,7 @@ Fidelity: each contender's first output on FIDELITY_BATCHES evaluation inputs ag
 (relative L2 error; top-1 agreement for classifier logits), to show what each integer version costs.
 
 Writes docs/results/x86_speed.json and .md (`--name` for another host's results beside them, e.g.
-x86_speed_avx512). Re-run: `.venv/bin/python scripts/x86_speed.py`
+x86_speed_avx2). Re-run: `.venv/bin/python scripts/x86_speed.py`
 (about 10-15 min on 2 busy cores; `--cases mobilenet_v2-b1` for one case, `--repeat` for more runs).
 """
 
