@@ -911,19 +911,15 @@ def emit_qmatmul(e: _Emitter, node: Node) -> relax.Expr:
     return _weighted_epilogue(e, node, acc, rank, rank - 1)
 
 
-# QAdd of 8-bit codes in int32: each multiplier splits into a high part and its low QADD_LOW_BITS bits.
-QADD_LOW_BITS = 10
-
-
 def emit_qadd(e: _Emitter, node: Node) -> relax.Expr:
-    """(da * Ma + db * Mb + 2^(s-1)) >> s, da and db the centered codes; in int32 where `_qadd_in_int32`
-    proves it exact (8-bit codes, the usual shifts), else in int64 as the reference computes it."""
+    """(da * Ma + db * Mb + 2^(s-1)) >> s, da and db the centered codes: in int32 where no sum can leave it
+    (8-bit codes with the multipliers lower_integer gives them), else in int64 as the reference computes it."""
     a = node.attrs
     rank = len(e.shape(node.outputs[0]))
-    if all(e.dtype(name) in ("uint8", "int8") for name in node.inputs[:2]):
-        exact = _qadd_in_int32(e, node)
-        if exact is not None:
-            return exact
+    multipliers = (int(a["a_multiplier"]), int(a["b_multiplier"]))
+    spans = [_centered_span(e.dtype(name), int(a[f"{side}_zero_point"])) for name, side in zip(node.inputs, "ab")]
+    if int(a["shift"]) >= 1 and sum(span * abs(m) for span, m in zip(spans, multipliers)) < 1 << 31:
+        return _qadd_in_int32(e, node)
     left = R.multiply(R.astype(_centered(e, e.operand(node, 0), int(a["a_zero_point"])), "int64"),
                       _scalar(a["a_multiplier"], "int64"))
     right = R.multiply(R.astype(_centered(e, e.operand(node, 1), int(a["b_zero_point"])), "int64"),
@@ -931,28 +927,25 @@ def emit_qadd(e: _Emitter, node: Node) -> relax.Expr:
     return _requantize(e, R.add(left, right), 1, a["shift"], rank, 0, a)
 
 
-def _qadd_in_int32(e: _Emitter, node: Node) -> relax.Expr | None:
-    """QAdd of 8-bit codes in int32 lanes, bit for bit the int64 reference, or None where that is not proven.
+def _centered_span(dtype: str, zero_point: int) -> int:
+    """The largest |code - zero_point| of a code dtype of at most 16 bits; 2^31 (no int32 sum) for wider ones."""
+    info = np.iinfo(dtype)
+    if info.bits > 16:
+        return 1 << 31
+    return max(abs(int(info.min) - zero_point), abs(int(info.max) - zero_point))
 
-    With |da|, |db| <= 255, multipliers M = Mh * 2^k + Ml (0 <= Ml < 2^k, k = QADD_LOW_BITS, M < 2^31) and
-    11 <= s <= 41: the sum is H * 2^k + L with H = da * Mah + db * Mbh (|H| < 2 * 255 * 2^21 < 2^30) and
-    L = da * Mal + db * Mbl (|L| < 2^19). The rounding term 2^(s-1) is a multiple of 2^k, so nested floor
-    division gives (H * 2^k + L + 2^(s-1)) >> s == (H + (L >> k) + 2^(s-1-k)) >> (s - k), every term and
-    the sum (< 2^31) in int32. CPUs multiply 32-bit lanes natively; 64-bit ones AVX2 emulates."""
+
+def _qadd_in_int32(e: _Emitter, node: Node) -> relax.Expr:
+    """QAdd in int32 lanes, for sums X = da * Ma + db * Mb that fit int32 (emit_qadd checks). The rounding
+    term 2^(s-1) may not fit beside X, so it is added after the first s - 1 bits are gone: nested floor
+    division gives (X + 2^(s-1)) >> s == ((X >> (s-1)) + 1) >> 1, bit for bit the int64 reference."""
     a = node.attrs
-    k, shift = QADD_LOW_BITS, int(a["shift"])
-    multipliers = (int(a["a_multiplier"]), int(a["b_multiplier"]))
-    if not (k + 1 <= shift <= 31 + k and all(0 <= m < 1 << 31 for m in multipliers)):
-        return None
-
-    def weighted(part: Callable[[int], int]) -> relax.Expr:
-        # the codes are centered once per use: a value read by two multiplies would not fuse into either
-        centered = [_centered(e, e.operand(node, i), int(a[f"{side}_zero_point"])) for i, side in ((0, "a"), (1, "b"))]
-        return R.add(*(R.multiply(c, _scalar(part(m), "int32")) for c, m in zip(centered, multipliers)))
-
-    high, low = weighted(lambda m: m >> k), weighted(lambda m: m & ((1 << k) - 1))
-    value = R.add(R.add(high, R.right_shift(low, _scalar(k, "int32"))), _scalar(1 << (shift - 1 - k), "int32"))
-    value = R.right_shift(value, _scalar(shift - k, "int32"))
+    shift = int(a["shift"])
+    total = R.add(*(R.multiply(_centered(e, e.operand(node, i), int(a[f"{side}_zero_point"])),
+                               _scalar(a[f"{side}_multiplier"], "int32")) for i, side in enumerate("ab")))
+    if shift > 1:
+        total = R.right_shift(total, _scalar(shift - 1, "int32"))
+    value = R.right_shift(R.add(total, _scalar(1, "int32")), _scalar(1, "int32"))
     if a["out_zero_point"]:
         value = R.add(value, _scalar(a["out_zero_point"], "int32"))
     value = R.minimum(R.maximum(value, _scalar(a["out_min"], "int32")), _scalar(a["out_max"], "int32"))

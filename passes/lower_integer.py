@@ -18,7 +18,8 @@ interpreter computes on the lowered graph. Rules:
   computed from a quantized value by such a subgraph with a transcendental op
   (`quant_points.float_table_region`, e.g. a detector's final Sigmoid) -> QLookup with a table of float32
   values: the float output is an exact table read.
-- Add / Mul of two quantized activations -> QAdd / QMul; GlobalAveragePool / AveragePool -> QGlobalAveragePool
+- Add / Mul of two quantized activations -> QAdd (22-bit multipliers for 8-bit codes: its sums fit int32) / QMul;
+  GlobalAveragePool / AveragePool -> QGlobalAveragePool
   / QAveragePool (the window count folded into the multiplier); Softmax -> QSoftmax (output scale 1/256),
   attention's Softmax(Add(scores, Where(keep, 0, -big))) -> QSoftmax(scores, table, keep)
   (`quant_points.softmax_mask`; the Add and the -big term disappear).
@@ -107,12 +108,19 @@ def dyadic(real: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return multiplier.astype(np.int64), shift.astype(np.int64)
 
 
-def shared_shift_dyadic(real_a: float, real_b: float) -> tuple[int, int, int]:
-    """(multiplier_a, multiplier_b, shift) for QAdd: one shift, chosen (`dyadic`) for the larger factor;
-    the smaller factor's multiplier is rne(real * 2^shift) at that shift."""
-    _, shift = dyadic(max(real_a, real_b))
-    step = 2.0 ** int(shift)
-    return int(np.rint(real_a * step)), int(np.rint(real_b * step)), int(shift)
+# QAdd of two 8-bit codes: multipliers of this many bits keep da * Ma + db * Mb in int32 (|da|, |db| <= 255:
+# 2 x 255 x 2^22 < 2^31), so a CPU adds in 32-bit lanes with one multiply per operand (backends/relax_emit.py);
+# a relative precision of 2^-22, far below the output code's step.
+QADD_8BIT_MULTIPLIER_BITS = 22
+
+
+def shared_shift_dyadic(real_a: float, real_b: float, multiplier_bits: int = 31) -> tuple[int, int, int]:
+    """(multiplier_a, multiplier_b, shift) for QAdd: one shift, chosen (`dyadic`) for the larger factor
+    and lowered by 31 - `multiplier_bits` (at least 1), so its multiplier has `multiplier_bits` bits;
+    each multiplier is rne(real * 2^shift) at that shift."""
+    shift = max(int(dyadic(max(real_a, real_b))[1]) - (31 - multiplier_bits), 1)
+    step = 2.0 ** shift
+    return int(np.rint(real_a * step)), int(np.rint(real_b * step)), shift
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,7 +738,9 @@ class _Lowering:
                                  "out_dtype": _code_dtype(o_spec)}
         s_o = np.float64(_scale(o_spec))
         if node.op == "Add":
-            a_mult, b_mult, shift = shared_shift_dyadic(_scale(a_spec) / s_o, _scale(b_spec) / s_o)
+            eight_bit = all(np.dtype(_code_dtype(s)).itemsize == 1 for s in (a_spec, b_spec))
+            a_mult, b_mult, shift = shared_shift_dyadic(
+                _scale(a_spec) / s_o, _scale(b_spec) / s_o, QADD_8BIT_MULTIPLIER_BITS if eight_bit else 31)
             attrs.update(a_multiplier=a_mult, b_multiplier=b_mult, shift=shift)
             op = "QAdd"
         else:

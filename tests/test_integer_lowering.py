@@ -183,21 +183,22 @@ def test_qadd_and_qmul_broadcasting_at_extreme_shifts(tmp_path, shift):
     assert_bit_exact(one_node("QMul", {"a": a, "b": b}, mul), {"a": a, "b": b}, tmp_path)
 
 
-@pytest.mark.parametrize("shift,a_multiplier,b_multiplier", [(11, 1501, 2047), (33, (1 << 31) - 1, 1_234_567_891),
-                                                             (40, (1 << 31) - 1, (1 << 31) - 1)])
-def test_qadd_of_every_pair_of_8_bit_codes_runs_in_int32_and_equals_the_reference(tmp_path, shift, a_multiplier,
-                                                                                   b_multiplier):
-    """QAdd of 8-bit codes splits each multiplier into high and low bits so the sum stays in int32
-    (relax_emit._qadd_in_int32): bit for bit the int64 reference on every (uint8, int8) code pair, at the
-    end shifts of its proof, the zero points at the extremes."""
+@pytest.mark.parametrize("shift,a_multiplier,b_multiplier,in_int32", [
+    (1, 1 << 22, (1 << 22) - 1, True), (21, 3_000_001, 4_194_303, True), (30, 4_194_303, 77, True),
+    (33, (1 << 31) - 1, 1_234_567_891, False)])
+def test_qadd_of_every_pair_of_8_bit_codes_equals_the_reference_in_int32_where_the_sums_fit(
+        tmp_path, shift, a_multiplier, b_multiplier, in_int32):
+    """QAdd of 8-bit codes runs in int32 where 255 x (Ma + Mb) fits it (relax_emit._qadd_in_int32: the
+    rounding term added after the shift's first bits, so any shift), else in int64: bit for bit the
+    reference on every (uint8, int8) code pair, the zero points at the extremes."""
     a = np.arange(256, dtype=np.uint8).reshape(1, 256, 1)
     b = np.arange(-128, 128, dtype=np.int8).reshape(1, 1, 256)
     attrs = {"a_zero_point": 255, "b_zero_point": 127, "a_multiplier": a_multiplier, "b_multiplier": b_multiplier,
              "shift": shift, **requant_attrs("int8", zero_point=-3)}
     del attrs["epilogue"]
     graph = one_node("QAdd", {"a": a, "b": b}, attrs)
-    assert "int64" not in emit_relax(graph).mod["main"].script()
-    assert len(np.unique(run_graph(graph, {"a": a, "b": b})["y"])) >= (100 if shift < 40 else 2)
+    assert ("int64" not in emit_relax(graph).mod["main"].script()) == in_int32
+    assert len(np.unique(run_graph(graph, {"a": a, "b": b})["y"])) >= (2 if shift in (1, 30) else 100)
     assert_bit_exact(graph, {"a": a, "b": b}, tmp_path)
 
 
@@ -260,6 +261,9 @@ def test_dyadic_multipliers_at_their_edges():
             dyadic(bad)
     a, b, s = shared_shift_dyadic(0.3, 0.0007)
     assert s == int(dyadic(0.3)[1]) and a == int(dyadic(0.3)[0]) and abs(b / 2.0 ** s - 0.0007) <= 2.0 ** -s
+    a, b, s = shared_shift_dyadic(0.0007, 0.3, multiplier_bits=22)  # 8-bit QAdd: sums fit int32
+    assert s == int(dyadic(0.3)[1]) - 9 and 1 << 21 <= b <= 1 << 22 and abs(a / 2.0 ** s - 0.0007) <= 2.0 ** -s
+    assert shared_shift_dyadic(2.0 ** 25, 1.0, multiplier_bits=22)[2] == 1  # the shift stays >= 1
 
 
 def test_requantize_rounds_half_up_and_clamps():
@@ -332,6 +336,14 @@ def test_the_integer_region_covers_the_whole_model(lowered):
     layers = lowered.lowered.metadata["integer_lowering"]["layers"]
     assert layers and all(layer["lowered"] in ("QConv", "QMatMul") for layer in layers)
     assert lowered.lowered.metadata["integer_lowering"]["emulated"] == []
+
+
+def test_qadds_of_8_bit_codes_get_multipliers_whose_sums_fit_int32(lowered):
+    """lower_integer gives an 8-bit QAdd 22-bit multipliers: 255 x (Ma + Mb) < 2^31 (emitted in int32)."""
+    qadds = [node for node in lowered.lowered.nodes if node.op == "QAdd"]
+    assert len(qadds) >= (10 if lowered.name == "mobilenet_v2" else 0)  # its residual connections
+    for node in qadds:
+        assert 255 * (node.attrs["a_multiplier"] + node.attrs["b_multiplier"]) < 1 << 31, node.name
 
 
 def test_integer_outputs_stay_close_to_the_fake_quant_simulator(lowered):
