@@ -726,9 +726,14 @@ def _requantize(e: _Emitter, acc: relax.Expr, multiplier: np.ndarray | int, shif
         value = R.multiply(value, _broadcast_const(np.asarray(multiplier, np.int64), rank, axis, "int64"))
     value = R.add(value, _broadcast_const(rounding, rank, axis, "int64"))
     value = R.right_shift(value, _broadcast_const(shift, rank, axis, "int64"))
+    return _output_codes(value, attrs, "int64")
+
+
+def _output_codes(value: relax.Expr, attrs: dict, dtype: str) -> relax.Expr:
+    """clamp(value + out_zero_point, out_min, out_max) in `dtype` (value's), cast to out_dtype."""
     if attrs["out_zero_point"]:
-        value = R.add(value, _scalar(attrs["out_zero_point"], "int64"))
-    value = R.minimum(R.maximum(value, _scalar(attrs["out_min"], "int64")), _scalar(attrs["out_max"], "int64"))
+        value = R.add(value, _scalar(attrs["out_zero_point"], dtype))
+    value = R.minimum(R.maximum(value, _scalar(attrs["out_min"], dtype)), _scalar(attrs["out_max"], dtype))
     return R.astype(value, attrs["out_dtype"])
 
 
@@ -945,11 +950,7 @@ def _qadd_in_int32(e: _Emitter, node: Node) -> relax.Expr:
                                _scalar(a[f"{side}_multiplier"], "int32")) for i, side in enumerate("ab")))
     if shift > 1:
         total = R.right_shift(total, _scalar(shift - 1, "int32"))
-    value = R.right_shift(R.add(total, _scalar(1, "int32")), _scalar(1, "int32"))
-    if a["out_zero_point"]:
-        value = R.add(value, _scalar(a["out_zero_point"], "int32"))
-    value = R.minimum(R.maximum(value, _scalar(a["out_min"], "int32")), _scalar(a["out_max"], "int32"))
-    return R.astype(value, a["out_dtype"])
+    return _output_codes(R.right_shift(R.add(total, _scalar(1, "int32")), _scalar(1, "int32")), a, "int32")
 
 
 def emit_qmul(e: _Emitter, node: Node) -> relax.Expr:
@@ -1037,10 +1038,7 @@ def _softmax_probabilities(e: _Emitter, exps: relax.Expr, total: relax.Expr, a: 
     inverse = R.floor_divide(_scalar(1 << SOFTMAX_RECIPROCAL_BITS, "int64"), R.maximum(total, _scalar(1, "int64")))
     probs = R.right_shift(R.add(R.multiply(exps, e.emit(inverse)), _scalar(1 << (shift - 1), "int64")),
                           _scalar(shift, "int64"))
-    if a["out_zero_point"]:
-        probs = R.add(probs, _scalar(a["out_zero_point"], "int64"))
-    probs = R.minimum(R.maximum(probs, _scalar(a["out_min"], "int64")), _scalar(a["out_max"], "int64"))
-    return R.astype(probs, a["out_dtype"])
+    return _output_codes(probs, a, "int64")
 
 
 def _masked_qsoftmax(e: _Emitter, node: Node) -> relax.Expr:
